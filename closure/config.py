@@ -1,0 +1,343 @@
+"""Experiment configuration: one pydantic model per YAML section.
+
+A config is the complete description of an experiment: it is validated here
+(unknown keys are errors), resolved (defaults filled in) and stored inside every
+output file. The keys follow `CONTRACT.md`.
+
+    load_config(path, overrides=["train.lr=0.5", ...]) -> Config
+    config_to_yaml(config) -> str      # the resolved config, as stored in outputs
+
+Every problem is raised as `ClosureError` with a one-line message naming the
+file, the key and the value.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from closure.errors import ClosureError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- system
+class NoForcing(Section):
+    type: Literal["none"] = "none"
+
+
+class KolmogorovForcing(Section):
+    """Velocity forcing (A sin(k y), 0): vorticity forcing -A k cos(k y) (Kochkov et al. 2021)."""
+
+    type: Literal["kolmogorov"] = "kolmogorov"
+    wavenumber: PositiveInt = 4
+    amplitude: float = 1.0
+
+
+class GuanForcing(Section):
+    """Vorticity forcing -A k_f (cos k_f x + cos k_f y) (Guan et al. 2022, py2d)."""
+
+    type: Literal["guan"] = "guan"
+    wavenumber: PositiveInt = 4
+    amplitude: float = 1.0
+
+
+class StochasticBurgersForcing(Section):
+    """Subel et al. (2021): random amplitudes and phases of modes 1..modes, redrawn every `interval`."""
+
+    type: Literal["stochastic"] = "stochastic"
+    amplitude: float = math.sqrt(2.0) * 1e-2
+    modes: PositiveInt = 3
+    interval: PositiveFloat = 0.2
+
+
+Forcing = Annotated[
+    Union[NoForcing, KolmogorovForcing, GuanForcing, StochasticBurgersForcing],
+    Field(discriminator="type"),
+]
+
+
+class SystemConfig(Section):
+    equation: Literal["navier_stokes_2d", "burgers_1d"] = "navier_stokes_2d"
+    length: PositiveFloat = 2 * math.pi
+    viscosity: PositiveFloat = 1.0e-3
+    drag: NonNegativeFloat = 0.0
+    forcing: Forcing = Field(default_factory=NoForcing)
+
+    @model_validator(mode="after")
+    def _forcing_fits_equation(self) -> "SystemConfig":
+        kind = self.forcing.type
+        if self.equation == "burgers_1d" and kind in ("kolmogorov", "guan"):
+            raise ValueError(f"forcing type {kind!r} is two-dimensional; burgers_1d takes 'none' or 'stochastic'")
+        if self.equation == "navier_stokes_2d" and kind == "stochastic":
+            raise ValueError("forcing type 'stochastic' is the Burgers forcing; navier_stokes_2d takes 'none', 'kolmogorov' or 'guan'")
+        return self
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.equation == "burgers_1d" else 2
+
+
+# --------------------------------------------------------------------------- initial
+class InitialConfig(Section):
+    """Random initial fields with a prescribed spectrum, seeded per trajectory.
+
+    2D: E(k) ~ k^4 exp(-(k/k_p)^2) normalised to `energy`; 1D: random modes 1..peak_wavenumber
+    (a flat band) normalised to `energy`.
+    """
+
+    peak_wavenumber: PositiveFloat = 10.0
+    energy: PositiveFloat = 0.5
+
+
+# --------------------------------------------------------------------------- dns / les
+class DNSConfig(Section):
+    resolution: PositiveInt = 512
+    dt: PositiveFloat = 1.0e-3
+    spinup_time: NonNegativeFloat = 20.0
+    sample_interval: PositiveFloat = 0.1
+    samples: PositiveInt = 100
+    trajectories: PositiveInt = 8
+    integrator: Literal["etdrk4", "cnrk4"] = "etdrk4"
+    batch_size: PositiveInt = 8  # trajectories integrated together (one dask task each)
+
+    @model_validator(mode="after")
+    def _times_are_multiples_of_dt(self) -> "DNSConfig":
+        for key in ("spinup_time", "sample_interval"):
+            value = getattr(self, key)
+            steps = value / self.dt
+            if abs(steps - round(steps)) > 1e-6 * max(1.0, steps):
+                raise ValueError(f"dns.{key}={value} is not a whole multiple of dns.dt={self.dt}")
+        return self
+
+    @property
+    def spinup_steps(self) -> int:
+        return int(round(self.spinup_time / self.dt))
+
+    @property
+    def sample_steps(self) -> int:
+        return int(round(self.sample_interval / self.dt))
+
+
+class FilterConfig(Section):
+    type: Literal["spectral", "gaussian", "box"] = "spectral"
+    width: PositiveFloat = 2.0  # in LES grid spacings (gaussian, box)
+
+
+class LESConfig(Section):
+    resolution: PositiveInt = 64
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+
+
+class DataConfig(Section):
+    keep_dns: bool = False
+    validation_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.125
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.25
+
+
+# --------------------------------------------------------------------------- model / train
+class ModelConfig(Section):
+    type: Literal["mlp", "cnn"] = "mlp"
+    stencil: PositiveInt = 5
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256])
+    gammas: list[Annotated[float, Field(ge=0.5, le=1.0)]] = Field(default_factory=lambda: [1.0, 1.0])
+    activation: Literal["tanh", "sigmoid", "gelu", "silu", "softplus"] = "tanh"
+    features: list[str] = Field(default_factory=list)  # optional derived input features
+    symmetry: Literal["none", "augment", "average"] = "none"
+
+    @model_validator(mode="after")
+    def _gammas_match_hidden(self) -> "ModelConfig":
+        if len(self.gammas) != len(self.hidden):
+            raise ValueError(
+                f"model.gammas has {len(self.gammas)} entries but model.hidden has {len(self.hidden)} layers"
+            )
+        if self.stencil % 2 == 0:
+            raise ValueError(f"model.stencil={self.stencil} must be odd (a patch centred on the point)")
+        return self
+
+
+class TrainConfig(Section):
+    mode: Literal["apriori", "aposteriori"] = "apriori"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: PositiveFloat = 1.0
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 1024
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    grad_clip: Optional[PositiveFloat] = 10.0
+    patience: Optional[PositiveInt] = None  # early stopping on validation loss
+    samples_per_epoch: Optional[PositiveInt] = None  # stencil points per epoch (None: every point)
+    weight_decay: NonNegativeFloat = 0.0
+    bf16: bool = False
+    # a-posteriori (solver-in-the-loop) training
+    unroll_steps: PositiveInt = 8
+    unroll_max_steps: PositiveInt = 32
+    checkpoint_every: PositiveInt = 1
+
+
+class RunConfig(Section):
+    time: PositiveFloat = 50.0
+    dt: PositiveFloat = 1.0e-2
+    models: list[str] = Field(default_factory=lambda: ["none", "smagorinsky", "learned"])
+    integrator: Literal["etdrk4", "cnrk4"] = "etdrk4"
+    smagorinsky_cs: PositiveFloat = 0.17
+    leith_cl: PositiveFloat = 0.2
+
+
+class SweepConfig(Section):
+    gammas: list[Annotated[float, Field(ge=0.5, le=1.0)]] = Field(
+        default_factory=lambda: [0.5, 0.625, 0.75, 0.875, 1.0]
+    )
+    widths: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512, 1024])
+    seeds: PositiveInt = 5
+    vary: list[Literal["outer", "inner"]] = Field(default_factory=lambda: ["outer", "inner"])
+    time: Optional[PositiveFloat] = None  # training time t = k / N_L (theory units); else train.epochs
+    tune_lr: bool = False
+
+
+# --------------------------------------------------------------------------- root
+class Config(Section):
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    system: SystemConfig = Field(default_factory=SystemConfig)
+    initial: InitialConfig = Field(default_factory=InitialConfig)
+    dns: DNSConfig = Field(default_factory=DNSConfig)
+    les: LESConfig = Field(default_factory=LESConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ValueError(f"device={self.device!r} must be auto, cpu, cuda or cuda:N")
+        n_dns, n_les = self.dns.resolution, self.les.resolution
+        if n_les >= n_dns:
+            raise ValueError(f"les.resolution={n_les} must be below dns.resolution={n_dns}")
+        if n_dns % n_les != 0:
+            raise ValueError(f"les.resolution={n_les} must divide dns.resolution={n_dns}")
+        if n_les % 2 or n_dns % 2:
+            raise ValueError("dns.resolution and les.resolution must be even")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or first["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
+    prefix = f"{source}: " if source else ""
+    return f"{prefix}{where + ': ' if where else ''}{msg}{shown}"
+
+
+_UNION_TAGS = {"none", "kolmogorov", "guan", "stochastic"}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b=value` into (['a', 'b'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ClosureError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=0.5")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ClosureError(f"--set {text!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ClosureError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `--set` overrides to a raw config mapping (in place) and return it."""
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ClosureError(f"--set {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "") -> Config:
+    """Validate a raw mapping into a `Config`."""
+    if not isinstance(raw, dict):
+        raise ClosureError(f"{source or 'config'}: the top level must be a mapping of sections")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ClosureError(_format_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> Config:
+    """Read, override and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClosureError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ClosureError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ClosureError(f"{path}: the top level must be a mapping of sections")
+    return config_from_dict(apply_overrides(raw, overrides or []), str(path))
+
+
+def config_to_dict(config: Config) -> dict:
+    return config.model_dump(mode="json")
+
+
+def config_to_yaml(config: Config) -> str:
+    """The resolved config as YAML (stored in every output)."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def config_from_yaml(text: str, source: str = "stored config") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ClosureError(f"{source}: not valid YAML") from None
+    return config_from_dict(raw, source)
+
+
+def resolve_device(name: str):
+    """`auto` -> cuda if available else cpu; otherwise the named device (checked)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ClosureError(f"device={name!r} requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64}[name]

@@ -1,0 +1,163 @@
+"""Semi-linear spectral equations ``d(w)/dt = L w + N(w) + f (+ closure(w))``.
+
+An equation exposes the two parts a time stepper needs (as in jax-cfd's
+``ImplicitExplicitODE``), in spectral space:
+
+- ``linear``: the diagonal of ``L`` (viscosity, drag), a real tensor on the
+  spectral grid;
+- ``explicit_hat(w_hat, t, closure)``: ``N(w) + f(t) + closure(w)``, spectral.
+
+`tendency` returns the full right-hand side in physical space and `simulate`
+integrates it (`solvers.integrators`). Spectral operators are precomputed once
+per equation (device, dtype). Subclasses implement ``nonlinear_hat``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from solvers.forcing import Forcing
+from solvers.spectral import SpectralGrid
+
+Closure = Callable[[torch.Tensor], torch.Tensor]
+
+__all__ = ["SpectralEquation", "Closure"]
+
+
+class SpectralEquation:
+    """Base class of the pseudo-spectral equations (batched, any device and float dtype)."""
+
+    ndim: int = 0
+    field_name: str = "w"
+
+    def __init__(self, n: int, viscosity: float, drag: float = 0.0, forcing: Optional[Forcing] = None,
+                 length: float = 2 * math.pi, dtype: torch.dtype = torch.float32, device=None):
+        if viscosity < 0:
+            raise ValueError(f"viscosity must be >= 0, got {viscosity}")
+        if drag < 0:
+            raise ValueError(f"drag must be >= 0, got {drag}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.grid = SpectralGrid(n, length, self.ndim, dtype, torch.device(device) if device is not None else torch.device("cpu"))
+        self.viscosity = float(viscosity)
+        self.drag = float(drag)
+        self.forcing = forcing
+        if forcing is not None and hasattr(forcing, "check_grid"):
+            forcing.check_grid(self.grid)
+        self.linear = -self.viscosity * self.grid.k2 - self.drag
+        self._steady_forcing_hat = None
+        if forcing is not None and getattr(forcing, "steady", True):
+            self._steady_forcing_hat = forcing.spectral(self.grid, 0.0).to(self.grid.complex_dtype)
+        self._steppers: dict = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n(self) -> int:
+        return self.grid.n
+
+    @property
+    def length(self) -> float:
+        return self.grid.length
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.grid.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.grid.device
+
+    # ------------------------------------------------------------------ terms
+    def nonlinear_hat(self, state_hat: torch.Tensor) -> torch.Tensor:
+        """The dealiased nonlinear (advection) term ``N(w)``, spectral."""
+        raise NotImplementedError
+
+    def forcing_hat(self, t: float = 0.0) -> Optional[torch.Tensor]:
+        """``f(t)`` in spectral space, or None without forcing."""
+        if self.forcing is None:
+            return None
+        if self._steady_forcing_hat is not None:
+            return self._steady_forcing_hat
+        return self.forcing.spectral(self.grid, t)
+
+    def explicit_hat(self, state_hat: torch.Tensor, t: float = 0.0,
+                     closure: Optional[Closure] = None) -> torch.Tensor:
+        """``N(w) + f(t) + closure(w)`` in spectral space (the explicitly treated part)."""
+        out = self.nonlinear_hat(state_hat)
+        f = self.forcing_hat(t)
+        if f is not None:
+            out = out + f
+        if closure is not None:
+            state = self.grid.to_physical(state_hat)
+            out = out + self.grid.to_spectral(closure(state))
+        return out
+
+    def linear_hat(self, state_hat: torch.Tensor) -> torch.Tensor:
+        """``L w`` in spectral space."""
+        return self.linear * state_hat
+
+    def tendency_hat(self, state_hat: torch.Tensor, t: float = 0.0,
+                     closure: Optional[Closure] = None) -> torch.Tensor:
+        return self.linear_hat(state_hat) + self.explicit_hat(state_hat, t, closure)
+
+    def tendency(self, state: torch.Tensor, closure: Optional[Closure] = None, t: float = 0.0) -> torch.Tensor:
+        """The full right-hand side ``L w + N(w) + f + closure(w)`` in physical space."""
+        self.check_state(state)
+        out = self.grid.to_physical(self.tendency_hat(self.grid.to_spectral(state), t))
+        if closure is not None:
+            out = out + closure(state)
+        return out
+
+    def nonlinear(self, state: torch.Tensor) -> torch.Tensor:
+        """``N(w)`` in physical space."""
+        return self.grid.to_physical(self.nonlinear_hat(self.grid.to_spectral(state)))
+
+    # ------------------------------------------------------------------ integration
+    def simulate(self, state: torch.Tensor, dt: float, steps: int, closure: Optional[Closure] = None,
+                 save_every: Optional[int] = None, *, time: float = 0.0, method: str = "etdrk4",
+                 callback=None) -> torch.Tensor:
+        """Integrate ``steps`` steps of size ``dt`` from ``state`` at model time ``time``.
+
+        Returns the final state, or with ``save_every=k`` the trajectory
+        ``(batch, steps // k + 1, *shape)`` whose first entry is the initial state.
+        Raises `solvers.BlowUpError` naming the step, time and batch members if the
+        state becomes non-finite.
+        """
+        from solvers.integrators import simulate
+
+        return simulate(self, state, dt, steps, closure=closure, save_every=save_every, time=time,
+                        method=method, callback=callback)
+
+    def stepper(self, method: str, dt: float):
+        """The (cached) time stepper of ``method`` for step ``dt``."""
+        from solvers.integrators import make_stepper
+
+        key = (method, float(dt))
+        if key not in self._steppers:
+            self._steppers[key] = make_stepper(method, self, dt)
+        return self._steppers[key]
+
+    def stable_dt(self, state: torch.Tensor, cfl: float = 0.5) -> float:
+        """Largest ``dt`` with ``dt * sum_d max|u_d| / dx <= cfl`` over the batch (advective CFL)."""
+        speeds = self.max_speed(state)
+        speed = float(speeds.max())
+        if not math.isfinite(speed):
+            raise ValueError("stable_dt: the state is not finite")
+        return cfl * self.grid.spacing / speed if speed > 0 else math.inf
+
+    def max_speed(self, state: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ checks
+    def check_state(self, state: torch.Tensor):
+        shape = tuple(state.shape[-self.ndim:])
+        if state.dim() < self.ndim + 1 or shape != self.grid.shape:
+            raise ValueError(f"{type(self).__name__}: state must have shape (batch, {', '.join(map(str, self.grid.shape))}), "
+                             f"got {tuple(state.shape)}")
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(n={self.n}, viscosity={self.viscosity:g}, drag={self.drag:g}, "
+                f"forcing={self.forcing!r}, length={self.length:g}, dtype={self.dtype}, device={self.device})")

@@ -1,0 +1,158 @@
+"""Forcing terms ``f`` of the tendency ``d(w)/dt = L w + N(w) + f``.
+
+A forcing returns its spectral coefficients on any `SpectralGrid` at a model
+time ``t``: ``forcing.spectral(grid, t)``, shape broadcastable against the
+spectral state ``(batch, *grid.spectral_shape)``. Deterministic forcings are
+steady (``steady = True``): equations evaluate them once and cache them.
+
+- `Kolmogorov`: velocity forcing ``(A sin(k y), 0)``, i.e. vorticity forcing
+  ``-A k cos(k y)`` (Kochkov et al. 2021, PNAS; jax-cfd).
+- `Guan`: vorticity forcing ``-A k_f (cos k_f x + cos k_f y)`` (Guan et al. 2022,
+  JCP; py2d, where the equation reads ``omega_t + N = nu lap(omega) - f - r omega``
+  with ``f = k_f (cos k_f x + cos k_f y)``).
+- `StochasticBurgers`: ``f = sum_{m=1..M} A xi_m / sqrt(m tau) cos(2 pi m x / L + 2 pi eta_m)``
+  with ``xi, eta ~ N(0, 1)`` redrawn every ``tau`` model-time units (Subel et al. 2021,
+  Phys. Fluids, where ``tau = s dt``). Each trajectory has its own seed and the draw
+  for interval ``j`` comes from a `torch.Generator` seeded by ``(seed, j)``: the
+  forcing of a trajectory does not depend on the batch it runs in, nor on the
+  order in which times are queried (gradient checkpointing may re-query).
+
+Wavenumbers are integer mode numbers; the physical wavenumber is ``2 pi m / L``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from solvers.spectral import SpectralGrid
+
+__all__ = ["Forcing", "Kolmogorov", "Guan", "StochasticBurgers", "seed_for"]
+
+
+class Forcing:
+    """Base class: a forcing term evaluated spectrally on a grid."""
+
+    steady: bool = True
+    ndim: int | None = None  # dimensionality it is defined for (None: any)
+
+    def spectral(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
+        return grid.to_spectral(self.physical(grid, t))
+
+    def physical(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_grid(self, grid: SpectralGrid):
+        if self.ndim is not None and grid.ndim != self.ndim:
+            raise ValueError(f"{type(self).__name__} forcing is {self.ndim}D, the grid is {grid.ndim}D")
+
+
+class Kolmogorov(Forcing):
+    """Vorticity forcing ``-A k cos(k y)`` of the velocity forcing ``(A sin(k y), 0)``."""
+
+    ndim = 2
+
+    def __init__(self, wavenumber: int = 4, amplitude: float = 1.0):
+        self.wavenumber = wavenumber
+        self.amplitude = amplitude
+
+    def physical(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
+        self.check_grid(grid)
+        _, y = grid.mesh()
+        k = 2 * math.pi * self.wavenumber / grid.length
+        return -self.amplitude * k * torch.cos(k * y)
+
+    def __repr__(self):
+        return f"Kolmogorov(wavenumber={self.wavenumber}, amplitude={self.amplitude})"
+
+
+class Guan(Forcing):
+    """Vorticity forcing ``-A k_f (cos k_f x + cos k_f y)`` (Guan et al. 2022)."""
+
+    ndim = 2
+
+    def __init__(self, wavenumber: int = 4, amplitude: float = 1.0):
+        self.wavenumber = wavenumber
+        self.amplitude = amplitude
+
+    def physical(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
+        self.check_grid(grid)
+        x, y = grid.mesh()
+        k = 2 * math.pi * self.wavenumber / grid.length
+        return -self.amplitude * k * (torch.cos(k * x) + torch.cos(k * y))
+
+    def __repr__(self):
+        return f"Guan(wavenumber={self.wavenumber}, amplitude={self.amplitude})"
+
+
+def seed_for(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integer keys (numpy's SeedSequence hashing)."""
+    state = np.random.SeedSequence([int(k) % (2 ** 63) for k in keys]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+class StochasticBurgers(Forcing):
+    """Large-scale random forcing of Subel et al. (2021), redrawn every ``interval``.
+
+    ``seeds`` holds one integer per trajectory (batch member); ``subset`` keeps
+    the forcing aligned with a batch from which members were dropped.
+    """
+
+    steady = False
+    ndim = 1
+
+    def __init__(self, seeds: Sequence[int], amplitude: float = math.sqrt(2) * 1e-2,
+                 interval: float = 0.2, modes: int = 3):
+        self.seeds = [int(s) for s in seeds]
+        self.amplitude = float(amplitude)
+        self.interval = float(interval)
+        self.modes = int(modes)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def subset(self, index: Sequence[int]) -> "StochasticBurgers":
+        return StochasticBurgers([self.seeds[i] for i in index], self.amplitude, self.interval, self.modes)
+
+    def interval_index(self, t: float) -> int:
+        # a small tolerance so that t = j * interval computed in floating point lands in interval j
+        return int(math.floor(t / self.interval + 1e-9))
+
+    def draws(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(xi, eta)`` of interval ``j``, each ``(batch, modes)`` float64 on the CPU."""
+        if j not in self._cache:
+            xi, eta = [], []
+            for seed in self.seeds:  # `modes` scalars per trajectory, once per interval
+                gen = torch.Generator().manual_seed(seed_for(seed, j, 0x5EED))
+                draw = torch.randn(2, self.modes, generator=gen, dtype=torch.float64)
+                xi.append(draw[0])
+                eta.append(draw[1])
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[j] = (torch.stack(xi), torch.stack(eta))
+        return self._cache[j]
+
+    def amplitudes(self, t: float) -> torch.Tensor:
+        """Complex amplitudes ``a_m e^{i 2 pi eta_m}`` of modes 1..M, shape (batch, M)."""
+        xi, eta = self.draws(self.interval_index(t))
+        m = torch.arange(1, self.modes + 1, dtype=torch.float64)
+        a = self.amplitude * xi / torch.sqrt(m * self.interval)
+        return a * torch.exp(2j * math.pi * eta)
+
+    def spectral(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
+        self.check_grid(grid)
+        if self.modes >= grid.n // 2:
+            raise ValueError(f"forcing modes 1..{self.modes} do not fit a grid of {grid.n} points")
+        # cos(k x + phi) has rfft coefficient (n / 2) e^{i phi} at mode k
+        coeffs = self.amplitudes(t) * (grid.n / 2)
+        out = torch.zeros(len(self.seeds), grid.n // 2 + 1, dtype=torch.complex128)
+        out[:, 1:self.modes + 1] = coeffs
+        return out.to(device=grid.device, dtype=grid.complex_dtype)
+
+    def physical(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
+        return grid.to_physical(self.spectral(grid, t))
+
+    def __repr__(self):
+        return (f"StochasticBurgers(seeds=[{len(self.seeds)} seeds], amplitude={self.amplitude:g}, "
+                f"interval={self.interval:g}, modes={self.modes})")
