@@ -1,0 +1,91 @@
+"""Config -> solver objects, in one place.
+
+`dns_equation` builds the DNS equation of a config; `les_equation` the LES
+equation: the same physics at ``les.resolution`` with the filtered forcing
+``P G f`` (CONTRACT.md), so that linear terms and forcing commute with ``P G``.
+Seeds for per-trajectory random forcing are ``trajectory_seeds(config, ids)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+import solvers
+from closure.filters import Filter
+from solvers.forcing import Forcing, seed_for
+from solvers.spectral import SpectralGrid
+
+__all__ = ["trajectory_seeds", "make_forcing", "make_filter", "dns_equation", "les_equation",
+           "initial_state", "FilteredForcing"]
+
+
+def trajectory_seeds(config, trajectory_ids: Sequence[int]) -> list[int]:
+    """One seed per trajectory, a function of ``(config.seed, trajectory id)`` only."""
+    return [seed_for(config.seed, int(i)) for i in trajectory_ids]
+
+
+def make_forcing(config, seeds: Optional[Sequence[int]] = None) -> Optional[Forcing]:
+    f = config.system.forcing
+    if f.type == "none":
+        return None
+    if f.type == "kolmogorov":
+        return solvers.Kolmogorov(wavenumber=f.wavenumber, amplitude=f.amplitude)
+    if f.type == "guan":
+        return solvers.Guan(wavenumber=f.wavenumber, amplitude=f.amplitude)
+    if f.type == "stochastic":
+        if seeds is None:
+            raise ValueError("the stochastic forcing needs one seed per trajectory")
+        return solvers.StochasticBurgers(seeds, amplitude=f.amplitude, interval=f.interval, modes=f.modes)
+    raise ValueError(f"unknown forcing type {f.type!r}")
+
+
+def make_filter(config) -> Filter:
+    return Filter.from_config(config.les, config.system.length)
+
+
+class FilteredForcing(Forcing):
+    """``P G f`` of a forcing ``f`` on the LES grid: the transfer function times f, Nyquist zeroed."""
+
+    def __init__(self, base: Forcing, filter: Filter):
+        self.base, self.filter = base, filter
+        self.steady = getattr(base, "steady", True)
+        self.ndim = getattr(base, "ndim", None)
+
+    def spectral(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
+        keep = grid.truncation_mask(grid.n // 2, strict=True)
+        return self.base.spectral(grid, t) * (self.filter.transfer(grid) * keep)
+
+    def subset(self, index):
+        return FilteredForcing(self.base.subset(index), self.filter)
+
+    def __repr__(self):
+        return f"FilteredForcing({self.base!r}, {self.filter.type})"
+
+
+def _equation(config, n: int, forcing, dtype, device):
+    s = config.system
+    if s.equation == "burgers_1d":
+        return solvers.Burgers1D(n, viscosity=s.viscosity, drag=s.drag, forcing=forcing, length=s.length,
+                                 dtype=dtype, device=device)
+    return solvers.NavierStokes2D(n, viscosity=s.viscosity, drag=s.drag, forcing=forcing, length=s.length,
+                                  dtype=dtype, device=device)
+
+
+def dns_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequence[int]] = None):
+    return _equation(config, config.dns.resolution, make_forcing(config, seeds), dtype, device)
+
+
+def les_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequence[int]] = None):
+    base = make_forcing(config, seeds)
+    forcing = None if base is None else FilteredForcing(base, make_filter(config))
+    return _equation(config, config.les.resolution, forcing, dtype, device)
+
+
+def initial_state(config, grid: SpectralGrid, seeds: Sequence[int]) -> torch.Tensor:
+    """Random initial DNS fields (one per seed) from the ``initial`` section."""
+    ini = config.initial
+    if grid.ndim == 1:
+        return solvers.random_velocity(grid, seeds, peak_wavenumber=ini.peak_wavenumber, energy=ini.energy)
+    return solvers.random_vorticity(grid, seeds, peak_wavenumber=ini.peak_wavenumber, energy=ini.energy)
