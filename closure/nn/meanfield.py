@@ -90,7 +90,42 @@ def width_factor(n: int, gamma: float) -> float:
     return float(n) ** (-gamma)
 
 
-class MeanFieldMLP(nn.Module):
+class MeanFieldNet(nn.Module):
+    """Shared parts of the mean-field networks (MLP and CNN).
+
+    Subclasses set ``widths``, ``gammas``, ``weights`` (W^1..W^L), ``biases``
+    (b^1..b^L or None), ``C``, ``bC`` (or None) and ``output_init``.
+    """
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """O(1) width-independent initialization: W, b ~ N(0, 1); C ~ U[-1, 1] (or U[0, 1]); b_C = 0."""
+        with torch.no_grad():
+            for w in self.weights:
+                w.normal_(0.0, 1.0, generator=generator)
+            for b in self.biases if self.biases is not None else []:
+                b.normal_(0.0, 1.0, generator=generator)
+            low = 0.0 if self.output_init == "uniform01" else -1.0
+            self.C.uniform_(low, 1.0, generator=generator)
+            if self.bC is not None:
+                self.bC.zero_()
+
+    @property
+    def output_scale(self) -> float:
+        """The output normalization N_L^(-gamma_L)."""
+        return width_factor(self.widths[-1], self.gammas[-1])
+
+    def layer_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters by their name in the theory: W1..WL, C, then b1..bL, bC (when present)."""
+        named = {f"W{i + 1}": w for i, w in enumerate(self.weights)}
+        named["C"] = self.C
+        for i, b in enumerate(self.biases if self.biases is not None else []):
+            named[f"b{i + 1}"] = b
+        if self.bC is not None:
+            named["bC"] = self.bC
+        return named
+
+
+class MeanFieldMLP(MeanFieldNet):
     """Multilayer perceptron with the mean-field normalization N_l^(-gamma_l) (see module docstring).
 
     Parameters are exposed under the names of the theory by ``layer_parameters``:
@@ -138,18 +173,6 @@ class MeanFieldMLP(nn.Module):
         self.bC = nn.Parameter(torch.zeros(self.out_features)) if output_bias else None
         self.reset_parameters()
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """O(1) width-independent initialization: W, b ~ N(0, 1); C ~ U[-1, 1] (or U[0, 1]); b_C = 0."""
-        with torch.no_grad():
-            for w in self.weights:
-                w.normal_(0.0, 1.0, generator=generator)
-            for b in self.biases if self.biases is not None else []:
-                b.normal_(0.0, 1.0, generator=generator)
-            low = 0.0 if self.output_init == "uniform01" else -1.0
-            self.C.uniform_(low, 1.0, generator=generator)
-            if self.bC is not None:
-                self.bC.zero_()
-
     @property
     def input_scale(self) -> float:
         """The constant multiplying x: d^(-1/2) with input_scaling, else 1."""
@@ -159,11 +182,6 @@ class MeanFieldMLP(nn.Module):
         """Forward multipliers of W^1..W^L: [input_scale, N_1^-gamma_1, ..., N_{L-1}^-gamma_{L-1}]."""
         inner = [width_factor(n, g) for n, g in zip(self.widths[:-1], self.gammas[:-1])]
         return [self.input_scale] + inner
-
-    @property
-    def output_scale(self) -> float:
-        """The output normalization N_L^(-gamma_L)."""
-        return width_factor(self.widths[-1], self.gammas[-1])
 
     def _bias(self, layer: int):
         return None if self.biases is None else self.biases[layer]
@@ -185,16 +203,6 @@ class MeanFieldMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """g(x) for x of shape (..., in_features); returns (..., out_features)."""
         return self.readout(self.hidden_states(x)[-1])
-
-    def layer_parameters(self) -> dict[str, nn.Parameter]:
-        """Parameters by their name in the theory: W1..WL, C, then b1..bL, bC (when present)."""
-        named = {f"W{i + 1}": w for i, w in enumerate(self.weights)}
-        named["C"] = self.C
-        for i, b in enumerate(self.biases if self.biases is not None else []):
-            named[f"b{i + 1}"] = b
-        if self.bC is not None:
-            named["bC"] = self.bC
-        return named
 
     def architecture(self) -> dict:
         """A JSON-able description from which ``load_model`` rebuilds the network."""

@@ -38,7 +38,7 @@ from typing import Sequence
 
 from torch import nn
 
-from closure.nn.meanfield import ArchitectureError, check_gammas, check_widths
+from closure.nn.meanfield import ArchitectureError, MeanFieldNet, check_gammas, check_widths
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -103,7 +103,7 @@ def layer_rates(widths: Sequence[int], gammas: Sequence[float], lr: float, optim
 
 def mean_field_core(model: nn.Module) -> nn.Module:
     """The one mean-field network (MeanFieldMLP or MeanFieldCNN) inside ``model``."""
-    cores = [m for m in model.modules() if hasattr(m, "layer_parameters") and hasattr(m, "widths")]
+    cores = [m for m in model.modules() if isinstance(m, MeanFieldNet)]
     if len(cores) != 1:
         raise ArchitectureError(
             f"param_groups needs exactly one mean-field network inside {type(model).__name__}, found {len(cores)}"

@@ -1,0 +1,162 @@
+"""Closure models on periodic fields: input features and stored normalization.
+
+A ``FieldClosure`` maps a raw physical state, shape (batch, n) in 1D or
+(batch, ny, nx) in 2D, to the SGS tendency of the same shape:
+
+    channels = [field, derived features...]                (batch, C, *grid)
+    x        = (channels - input_mean) / input_std          per channel
+    y        = network(x)                                    (batch, *grid)
+    sgs      = y * output_std + output_mean
+
+The statistics are buffers, so a saved state_dict carries them. Derived
+features are computed spectrally on the periodic domain [0, length)^d:
+
+    gradient            1D: u_x;  2D: (f_x, f_y)
+    laplacian           f_xx (+ f_yy)
+    velocity_gradient   2D vorticity only: psi_hat = omega_hat / |k|^2,
+                        u = psi_y, v = -psi_x (so omega = v_x - u_y);
+                        channels (u_x, u_y, v_x) (v_y = -u_x is redundant)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from closure.nn.meanfield import ArchitectureError
+
+DERIVED_FEATURES = {1: ("gradient", "laplacian"), 2: ("gradient", "laplacian", "velocity_gradient")}
+FEATURE_CHANNELS = {"gradient": lambda ndim: ndim, "laplacian": lambda ndim: 1, "velocity_gradient": lambda ndim: 3}
+STD_FLOOR = 1e-12
+
+
+def check_ndim(ndim: int) -> int:
+    if ndim not in (1, 2):
+        raise ArchitectureError(f"ndim={ndim!r}: closures exist for 1D (Burgers) and 2D (vorticity) fields")
+    return int(ndim)
+
+
+def check_features(features: Sequence[str] | None, ndim: int) -> list[str]:
+    """The derived feature names (the field itself is always channel 0)."""
+    names = list(features or [])
+    for name in names:
+        if name not in DERIVED_FEATURES[ndim]:
+            raise ArchitectureError(
+                f"feature {name!r} is not available in {ndim}D (expected some of {', '.join(DERIVED_FEATURES[ndim])})"
+            )
+    return names
+
+
+def _wavenumbers(n: int, length: float, like: torch.Tensor, real: bool) -> torch.Tensor:
+    """Physical wavenumbers 2 pi m / length with the Nyquist mode set to zero."""
+    m = torch.fft.rfftfreq(n, 1.0 / n) if real else torch.fft.fftfreq(n, 1.0 / n)
+    m = m.to(device=like.device, dtype=like.dtype)
+    if n % 2 == 0:
+        m = torch.where(m.abs() == n // 2, torch.zeros_like(m), m)
+    return m * (2.0 * math.pi / length)
+
+
+def _spectral_1d(u: torch.Tensor, length: float, features: Sequence[str]) -> list[torch.Tensor]:
+    n = u.shape[-1]
+    k = _wavenumbers(n, length, u, real=True)
+    u_hat = torch.fft.rfft(u, dim=-1)
+    out = []
+    for name in features:
+        factor = 1j * k if name == "gradient" else -(k**2)
+        out.append(torch.fft.irfft(factor * u_hat, n=n, dim=-1))
+    return out
+
+
+def _spectral_2d(f: torch.Tensor, length: float, features: Sequence[str]) -> list[torch.Tensor]:
+    ny, nx = f.shape[-2:]
+    kx = _wavenumbers(nx, length, f, real=True)[None, :]
+    ky = _wavenumbers(ny, length, f, real=False)[:, None]
+    f_hat = torch.fft.rfft2(f, dim=(-2, -1))
+
+    def back(factor):
+        return torch.fft.irfft2(factor * f_hat, s=(ny, nx), dim=(-2, -1))
+
+    out = []
+    for name in features:
+        if name == "gradient":
+            out += [back(1j * kx), back(1j * ky)]
+        elif name == "laplacian":
+            out.append(back(-(kx**2 + ky**2)))
+        else:
+            k2 = kx**2 + ky**2
+            inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
+            out += [back(-kx * ky * inv_k2), back(-(ky**2) * inv_k2), back(kx**2 * inv_k2)]
+    return out
+
+
+def feature_channels(state: torch.Tensor, ndim: int, features: Sequence[str], length: float) -> torch.Tensor:
+    """Stack [field, derived features...] as channels: (batch, C, *grid)."""
+    derived = _spectral_1d(state, length, features) if ndim == 1 else _spectral_2d(state, length, features)
+    return torch.stack([state] + derived, dim=1)
+
+
+class FieldClosure(nn.Module):
+    """Base of the closure models: features, stored normalization, shape checks.
+
+    Subclasses implement ``predict(x)``: normalized channels (batch, C, *grid)
+    to normalized SGS (batch, *grid).
+    """
+
+    def __init__(self, ndim: int, features: Sequence[str] | None = None, length: float = 2.0 * math.pi):
+        super().__init__()
+        self.ndim = check_ndim(ndim)
+        self.features = check_features(features, self.ndim)
+        if not (float(length) > 0.0):
+            raise ArchitectureError(f"length={length!r} must be positive")
+        self.length = float(length)
+        c = self.n_channels
+        self.register_buffer("input_mean", torch.zeros(c))
+        self.register_buffer("input_std", torch.ones(c))
+        self.register_buffer("output_mean", torch.zeros(1))
+        self.register_buffer("output_std", torch.ones(1))
+
+    @property
+    def n_channels(self) -> int:
+        return 1 + sum(FEATURE_CHANNELS[name](self.ndim) for name in self.features)
+
+    def channels(self, state: torch.Tensor) -> torch.Tensor:
+        """Raw physical input channels (batch, C, *grid)."""
+        return feature_channels(state, self.ndim, self.features, self.length)
+
+    def _check_state(self, state: torch.Tensor, what: str = "state") -> None:
+        if state.dim() != self.ndim + 1:
+            layout = "(batch, n)" if self.ndim == 1 else "(batch, ny, nx)"
+            raise ValueError(f"{what} has shape {tuple(state.shape)}; a {self.ndim}D closure expects {layout}")
+
+    @torch.no_grad()
+    def fit_normalization(self, field: torch.Tensor, sgs: torch.Tensor) -> None:
+        """Set input mean/std per channel and output mean/std from (field, sgs) samples."""
+        self._check_state(field, "field")
+        self._check_state(sgs, "sgs")
+        x = self.channels(field.to(self.input_mean))
+        dims = [0] + list(range(2, x.dim()))
+        self.input_mean.copy_(x.mean(dim=dims))
+        self.input_std.copy_(x.std(dim=dims).clamp_min(STD_FLOOR))
+        y = sgs.to(self.output_mean)
+        self.output_mean.fill_(y.mean())
+        self.output_std.fill_(y.std().clamp_min(STD_FLOOR))
+
+    def normalize_input(self, state: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * self.ndim
+        return (self.channels(state) - self.input_mean.view(shape)) / self.input_std.view(shape)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """SGS tendency (physical units) for a raw state (batch, n) or (batch, ny, nx)."""
+        self._check_state(state)
+        y = self.predict(self.normalize_input(state))
+        return y * self.output_std + self.output_mean
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def normalized_target(self, sgs: torch.Tensor) -> torch.Tensor:
+        """The SGS term in the network's output units: (sgs - output_mean) / output_std."""
+        return (sgs - self.output_mean) / self.output_std
