@@ -1,0 +1,228 @@
+"""Integrator order, batching, dtypes, differentiability, blow-ups, devices."""
+
+import math
+
+import pytest
+import torch
+
+import solvers
+from solvers.integrators import etdrk4_coefficients
+
+F64 = torch.float64
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def kolmogorov(n=32, dtype=F64, device="cpu"):
+    return solvers.NavierStokes2D(n, viscosity=0.02, drag=0.1, forcing=solvers.Kolmogorov(4, 1.0),
+                                  dtype=dtype, device=device)
+
+
+def smooth_state(eq, seeds=(11,)):
+    return solvers.random_vorticity(eq.grid, seeds=list(seeds), peak_wavenumber=3, energy=0.5)
+
+
+def observed_order(eq, w0, method, dts, t_end):
+    ref = eq.simulate(w0, dt=dts[-1] / 4, steps=int(round(t_end / (dts[-1] / 4))), method=method)
+    errs = [(eq.simulate(w0, dt=dt, steps=int(round(t_end / dt)), method=method) - ref).abs().max().item()
+            for dt in dts]
+    return [math.log2(a / b) for a, b in zip(errs, errs[1:])], errs
+
+
+def test_etdrk4_is_fourth_order_on_smooth_nonlinear_2d():
+    eq = kolmogorov()
+    orders, errs = observed_order(eq, smooth_state(eq), "etdrk4", [0.1, 0.05, 0.025], 1.0)
+    assert errs[-1] > 1e-12
+    assert min(orders) >= 3.8, orders
+
+
+def test_cnrk4_is_second_order_in_the_implicit_part():
+    # stiff linear part (viscosity) dominates the error at these steps
+    eq = solvers.NavierStokes2D(32, viscosity=0.05, drag=0.0, dtype=F64)
+    orders, _ = observed_order(eq, smooth_state(eq), "cnrk4", [0.1, 0.05, 0.025], 1.0)
+    assert all(1.8 <= o <= 2.3 for o in orders), orders
+
+
+def test_cnrk4_is_fourth_order_for_purely_explicit_dynamics():
+    eq = solvers.NavierStokes2D(32, viscosity=0.0, dtype=F64)
+    orders, _ = observed_order(eq, smooth_state(eq), "cnrk4", [0.1, 0.05, 0.025], 1.0)
+    assert min(orders) >= 3.7, orders
+
+
+def test_burgers_etdrk4_order():
+    eq = solvers.Burgers1D(64, viscosity=0.05, dtype=F64)
+    u0 = solvers.random_velocity(eq.grid, seeds=[1], peak_wavenumber=3, energy=0.2)
+    orders, _ = observed_order(eq, u0, "etdrk4", [0.1, 0.05, 0.025], 1.0)
+    assert min(orders) >= 3.8, orders
+
+
+def test_etdrk4_coefficients_match_direct_formulas_away_from_zero():
+    L = torch.tensor([-50.0, -3.0, -0.7], dtype=F64)
+    h = 0.1
+    c = etdrk4_coefficients(L, h)
+    z = h * L
+    q = h * (torch.exp(z / 2) - 1) / z
+    f1 = h * (-4 - z + torch.exp(z) * (4 - 3 * z + z ** 2)) / z ** 3
+    f2 = h * (2 + z + torch.exp(z) * (z - 2)) / z ** 3
+    f3 = h * (-4 - 3 * z - z ** 2 + torch.exp(z) * (4 - z)) / z ** 3
+    for name, exact in [("Q", q), ("f1", f1), ("f2", f2), ("f3", f3)]:
+        assert torch.allclose(c[name], exact, rtol=1e-12), name
+    # the z -> 0 limits: Q = h/2, f1 = h/6, f2 = h/6, f3 = h/6
+    c0 = etdrk4_coefficients(torch.zeros(1, dtype=F64), h)
+    for name, lim in [("Q", h / 2), ("f1", h / 6), ("f2", h / 6), ("f3", h / 6)]:
+        assert abs(c0[name].item() - lim) < 1e-14, name
+
+
+def test_batch_equals_single_runs():
+    eq = kolmogorov()
+    w = smooth_state(eq, seeds=(1, 2, 3))
+    batch = eq.simulate(w, dt=0.02, steps=20)
+    for i in range(3):
+        single = eq.simulate(w[i:i + 1], dt=0.02, steps=20)
+        assert torch.allclose(batch[i], single[0], rtol=0, atol=1e-12)
+
+
+def test_burgers_stochastic_forcing_is_independent_of_batching():
+    seeds = [10, 20, 30]
+    eq = solvers.Burgers1D(64, viscosity=0.05, forcing=solvers.StochasticBurgers(seeds, amplitude=0.1, interval=0.05),
+                           dtype=F64)
+    u0 = solvers.random_velocity(eq.grid, seeds=seeds, peak_wavenumber=3, energy=0.1)
+    batch = eq.simulate(u0, dt=0.01, steps=30)
+    eq1 = solvers.Burgers1D(64, viscosity=0.05, forcing=solvers.StochasticBurgers(seeds[1:2], amplitude=0.1, interval=0.05),
+                            dtype=F64)
+    single = eq1.simulate(u0[1:2], dt=0.01, steps=30)
+    assert torch.allclose(batch[1], single[0], atol=1e-12)
+    assert not torch.allclose(batch[0], batch[1])  # different seeds, different forcing
+    # the forcing changes between intervals and is piecewise constant within one
+    f = eq.forcing
+    assert torch.equal(f.amplitudes(0.0), f.amplitudes(0.049))
+    assert not torch.equal(f.amplitudes(0.0), f.amplitudes(0.05))
+
+
+def test_random_initial_fields_are_reproducible_and_normalised():
+    g = kolmogorov().grid
+    a = solvers.random_vorticity(g, seeds=[5, 6], peak_wavenumber=4, energy=0.7)
+    b = solvers.random_vorticity(g, seeds=[6], peak_wavenumber=4, energy=0.7)
+    assert torch.allclose(a[1], b[0], atol=1e-14)
+    eq = kolmogorov()
+    assert torch.allclose(eq.energy(a), torch.full((2,), 0.7, dtype=F64), rtol=1e-12)
+
+
+def test_float32_tracks_float64():
+    eq64, eq32 = kolmogorov(dtype=F64), kolmogorov(dtype=torch.float32)
+    w = smooth_state(eq64)
+    a = eq64.simulate(w, dt=0.01, steps=50)
+    b = eq32.simulate(w.float(), dt=0.01, steps=50)
+    assert b.dtype == torch.float32
+    assert ((b.double() - a).norm() / a.norm()).item() < 1e-4
+
+
+@pytest.mark.parametrize("method", ["etdrk4", "cnrk4"])
+def test_gradcheck_through_steps_ns2d(method):
+    eq = solvers.NavierStokes2D(8, viscosity=0.05, drag=0.1, forcing=solvers.Kolmogorov(1, 1.0), dtype=F64)
+    w = (0.3 * smooth_state(eq)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda s: eq.simulate(s, dt=0.05, steps=3, method=method), (w,))
+
+
+def test_gradcheck_through_steps_burgers_with_closure():
+    eq = solvers.Burgers1D(16, viscosity=0.05, dtype=F64)
+    u = solvers.random_velocity(eq.grid, seeds=[3], peak_wavenumber=2, energy=0.1).requires_grad_(True)
+    c = torch.tensor(0.3, dtype=F64, requires_grad=True)
+    closure = lambda s: -c * s  # noqa: E731 - a linear damping closure with a parameter
+    assert torch.autograd.gradcheck(lambda s, c_: eq.simulate(s, dt=0.05, steps=3, closure=lambda x: -c_ * x),
+                                    (u, c))
+    closure(u)
+
+
+def test_closure_is_called_at_every_stage():
+    eq = kolmogorov()
+    calls = []
+
+    def closure(state):
+        calls.append(state.shape)
+        return torch.zeros_like(state)
+
+    eq.simulate(smooth_state(eq), dt=0.01, steps=3, closure=closure)
+    assert len(calls) == 3 * 4
+    calls.clear()
+    eq.simulate(smooth_state(eq), dt=0.01, steps=3, closure=closure, method="cnrk4")
+    assert len(calls) == 3 * 5
+
+
+def test_tendency_includes_closure_and_matches_time_derivative():
+    eq = kolmogorov()
+    w = smooth_state(eq)
+    closure = lambda s: -0.5 * s  # noqa: E731
+    dt = 1e-4
+    traj = eq.simulate(w, dt=dt, steps=2, closure=closure, save_every=1)
+    fd = (traj[:, 2] - traj[:, 0]) / (2 * dt)
+    R = eq.tendency(traj[:, 1], closure=closure)
+    assert ((fd - R).abs().max() / R.abs().max()).item() < 1e-6
+
+
+def test_save_every_shapes_and_first_entry():
+    eq = kolmogorov()
+    w = smooth_state(eq, seeds=(1, 2))
+    traj = eq.simulate(w, dt=0.01, steps=10, save_every=5)
+    assert traj.shape == (2, 3, 32, 32)
+    assert torch.equal(traj[:, 0], w)
+
+
+def test_blow_up_raises_with_step_and_members():
+    eq = solvers.NavierStokes2D(32, viscosity=1e-4, dtype=F64)
+    w = smooth_state(eq, seeds=(1, 2))
+    w = w * torch.tensor([1.0, 1e6], dtype=F64)[:, None, None]
+    with pytest.raises(solvers.BlowUpError) as info:
+        eq.simulate(w, dt=1.0, steps=200)
+    err = info.value
+    assert err.members == [1]
+    assert 1 <= err.step <= 200 and err.time == pytest.approx(err.step * 1.0)
+    assert "step" in str(err) and "[1]" in str(err)
+
+
+def test_stable_dt():
+    eq = kolmogorov()
+    w = smooth_state(eq)
+    dt = eq.stable_dt(w, cfl=0.5)
+    u, v = eq.velocity(w)
+    assert dt == pytest.approx(0.5 * eq.grid.spacing / (u.abs().max() + v.abs().max()).item())
+
+
+def test_bad_state_shape_is_rejected():
+    eq = kolmogorov()
+    with pytest.raises(ValueError, match="shape"):
+        eq.simulate(torch.zeros(32, 32, dtype=F64), dt=0.1, steps=1)
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(dtype):
+    cpu = kolmogorov(64, dtype=dtype)
+    gpu = kolmogorov(64, dtype=dtype, device="cuda")
+    w = smooth_state(cpu, seeds=(1, 2)).to(dtype)
+    a = cpu.simulate(w, dt=0.01, steps=20)
+    b = gpu.simulate(w.cuda(), dt=0.01, steps=20).cpu()
+    tol = 1e-10 if dtype == F64 else 1e-4
+    assert ((a - b).norm() / a.norm()).item() < tol
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_taylor_green_and_blowup():
+    eq = solvers.NavierStokes2D(32, viscosity=0.05, drag=0.1, dtype=F64, device="cuda")
+    x, y = eq.grid.mesh()
+    w0 = (2 * torch.sin(x) * torch.sin(y))[None]
+    w = eq.simulate(w0, dt=0.01, steps=100)
+    assert ((w - w0 * math.exp(-(0.1 + 0.1))).abs().max() / w0.abs().max()).item() < 1e-10
+    with pytest.raises(solvers.BlowUpError):
+        eq.simulate(w0 * 1e8, dt=10.0, steps=200)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_gradients_flow():
+    eq = kolmogorov(16, device="cuda")
+    w = smooth_state(kolmogorov(16)).cuda().requires_grad_(True)
+    eq.simulate(w, dt=0.05, steps=3).pow(2).mean().backward()
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
