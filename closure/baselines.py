@@ -1,0 +1,409 @@
+"""Classical subgrid-scale closures for the LES: eddy-viscosity baselines.
+
+A closure is a ``torch.nn.Module`` mapping a physical LES state to an extra
+tendency of the same shape (CONTRACT.md: ``d(field)/dt = R_les(field) + c(field)``):
+1D Burgers velocity ``(batch, n)`` or 2D vorticity ``(batch, n, n)`` indexed
+``[y, x]``. All are batched, differentiable and follow the device and dtype of
+the state they are given (the spectral operators are built on first use and
+cached per device/dtype). Closures compose: ``smagorinsky + learned`` or
+``Sum(a, b, ...)`` adds their tendencies, the way pyqg adds parameterizations.
+
+Models (``D`` is the LES grid spacing ``length / n_les``; see "Length scale"):
+
+- ``none``: the zero tendency (a plain, under-resolved LES).
+- ``smagorinsky`` (Smagorinsky 1963, vorticity form):
+
+      2D:  nu_e = (Cs D)^2 |S|,  |S| = sqrt(4 psi_xy^2 + (psi_xx - psi_yy)^2),
+           c(omega) = div(nu_e grad omega)
+      1D:  tau = -2 (Cs D)^2 |u_x| u_x,  c(u) = -d tau / dx = d/dx(2 (Cs D)^2 |u_x| u_x)
+
+  Both drain the resolved invariant exactly (also discretely: the spectral
+  derivative is skew-adjoint on the periodic grid), since
+  ``<omega div(nu grad omega)> = -<nu |grad omega|^2> <= 0`` and
+  ``<u d/dx(2 nu u_x)> = -<2 nu u_x^2> <= 0``.
+
+- ``leith`` (Leith 1968/1996): ``nu_e = (C_L D)^3 |grad omega|`` and the same
+  divergence form. In 1D the vorticity gradient's analogue is the strain
+  gradient: ``nu_e = (C_L D)^3 |u_xx|``, ``c(u) = d/dx(2 nu_e u_x)``.
+
+- ``dynamic_smagorinsky`` (Germano et al. 1991, least squares of Lilly 1992):
+  with the test filter ``T`` (a Gaussian `closure.filters.Filter` of twice the
+  grid width, ``2 D``), the solver's dealiased nonlinear term ``N`` (2D:
+  ``-u . grad omega``; 1D: ``-(u^2/2)_x``) and the unit-coefficient model
+  ``m_D(w) = D^2 div(|S(w)| grad w)`` (1D: ``D^2 d/dx(2 |u_x| u_x)``), the
+  Germano identity for the SGS tendency reads ``L = c M`` with
+
+      L = T N(w) - N(T w)                   (resolved part of the test-level SGS term)
+      M = m_{2D}(T w) - T m_D(w)            (the model at the two levels)
+
+  and ``c = <L M>_+ / <M M>`` (``c = Cs^2``), averaged over the whole domain
+  per batch member (default) or locally (``averaging="local"``: the products
+  are smoothed by the test filter and ``c(x) = max(<LM>, 0) / <MM>`` is used
+  inside the divergence, ``div(c D^2 |S| grad w)``, which keeps the drain).
+  Clipping at zero removes backscatter and keeps the model dissipative.
+
+Length scale: ``D = length / n_les``, the LES grid spacing. The LES fields are
+the spectrally truncated ``P G w``; for the spectral filter the cutoff scale is
+exactly the grid spacing, and for Gaussian/box filters any ratio to the filter
+width is absorbed in the constant (Cs = 0.17 with D = dx is the usual value;
+`run.smagorinsky_cs`, `run.leith_cl` set them). The dynamic model has no
+constant to tune: its ratio of test to grid width is 2.
+
+Factory: ``make_closure(name, les_equation, config, model_dir=None)`` with
+``name`` one of ``none``, ``smagorinsky``, ``dynamic_smagorinsky``, ``leith``,
+``learned`` (or a training run directory), or a ``+``-separated sum of them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from closure.errors import ClosureError
+from closure.filters import Filter
+
+__all__ = [
+    "Closure", "NoClosure", "Smagorinsky", "Leith", "DynamicSmagorinsky", "Sum",
+    "BASELINES", "make_closure", "is_baseline",
+]
+
+BASELINES = ("none", "smagorinsky", "dynamic_smagorinsky", "leith")
+
+
+class _Ops:
+    """Spectral operators of an ``n``-point periodic grid of ``length`` on one device and dtype."""
+
+    def __init__(self, n: int, length: float, ndim: int, dtype: torch.dtype, device: torch.device):
+        scale = 2 * math.pi / length
+        m_half = torch.fft.rfftfreq(n, 1.0 / n, dtype=torch.float64)
+        odd_half = torch.where(m_half.abs() == n // 2, torch.zeros_like(m_half), m_half)
+        self.ndim, self.n = ndim, n
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        if ndim == 1:
+            kx = (m_half * scale)
+            self.ikx = (1j * odd_half * scale).to(device=device, dtype=cdtype)
+            self.k2 = (kx ** 2).to(device=device, dtype=dtype)
+            self.dealias = (m_half.abs() <= n // 3).to(device=device, dtype=dtype)
+            self.shape = (n,)
+            self.dims = (-1,)
+        else:
+            m_full = torch.fft.fftfreq(n, 1.0 / n, dtype=torch.float64)
+            odd_full = torch.where(m_full.abs() == n // 2, torch.zeros_like(m_full), m_full)
+            kx = (m_half * scale).reshape(1, -1)
+            ky = (m_full * scale).reshape(-1, 1)
+            k2 = kx ** 2 + ky ** 2
+            inv = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
+            self.ikx = (1j * odd_half.reshape(1, -1) * scale).to(device=device, dtype=cdtype)
+            self.iky = (1j * odd_full.reshape(-1, 1) * scale).to(device=device, dtype=cdtype)
+            self.k2 = k2.to(device=device, dtype=dtype)
+            self.inverse_k2 = inv.to(device=device, dtype=dtype)
+            # psi_xx, psi_yy, psi_xy from omega_hat (psi_hat = omega_hat / k^2)
+            self.psi_xx = (-(kx ** 2) * inv).to(device=device, dtype=dtype)
+            self.psi_yy = (-(ky ** 2) * inv).to(device=device, dtype=dtype)
+            self.psi_xy = (-(kx * ky) * inv).to(device=device, dtype=dtype)
+            keep = (m_half.abs() <= n // 3).reshape(1, -1) & (m_full.abs() <= n // 3).reshape(-1, 1)
+            self.dealias = keep.to(device=device, dtype=dtype)
+            self.shape = (n, n)
+            self.dims = (-2, -1)
+
+    def fft(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfftn(f, dim=self.dims)
+
+    def ifft(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return torch.fft.irfftn(f_hat, s=self.shape, dim=self.dims)
+
+
+class Closure(nn.Module):
+    """Base class of the SGS closures: ``closure(state) -> tendency``; ``a + b`` composes."""
+
+    def __add__(self, other):
+        return Sum(self, other)
+
+    def __radd__(self, other):
+        if other == 0:  # sum([...]) starts from 0
+            return self
+        return Sum(other, self)
+
+
+class _GridClosure(Closure):
+    """A closure on an ``n``-point periodic LES grid (1D or 2D) with cached spectral operators."""
+
+    def __init__(self, n: int, length: float = 2 * math.pi, ndim: int = 2):
+        super().__init__()
+        if ndim not in (1, 2):
+            raise ValueError(f"ndim must be 1 or 2, got {ndim}")
+        self.n, self.length, self.ndim = int(n), float(length), int(ndim)
+        self._cache: dict = {}
+
+    @classmethod
+    def for_equation(cls, equation, **kwargs):
+        """Build for an LES equation (its grid's size, length and dimension)."""
+        return cls(equation.grid.n, equation.grid.length, equation.grid.ndim, **kwargs)
+
+    @property
+    def spacing(self) -> float:
+        """``D = length / n``: the LES grid spacing."""
+        return self.length / self.n
+
+    def ops(self, state: torch.Tensor) -> _Ops:
+        key = (state.device, state.dtype)
+        if key not in self._cache:
+            if state.dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"{type(self).__name__}: state dtype must be float32 or float64, got {state.dtype}")
+            self._cache[key] = _Ops(self.n, self.length, self.ndim, state.dtype, state.device)
+        return self._cache[key]
+
+    def _check(self, state: torch.Tensor):
+        shape = tuple(state.shape[-self.ndim:])
+        if state.dim() < self.ndim + 1 or shape != (self.n,) * self.ndim:
+            raise ValueError(f"{type(self).__name__}: expected a state (batch, {', '.join([str(self.n)] * self.ndim)}), "
+                             f"got {tuple(state.shape)}")
+
+    # ---------------------------------------------------------------- shared pieces
+    def _gradient_hat(self, o: _Ops, w_hat: torch.Tensor) -> list[torch.Tensor]:
+        return [o.ikx * w_hat] if self.ndim == 1 else [o.ikx * w_hat, o.iky * w_hat]
+
+    def _divergence(self, o: _Ops, fluxes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``sum_d d/dx_d flux_d`` of physical fluxes, physical."""
+        if self.ndim == 1:
+            return o.ifft(o.ikx * o.fft(fluxes[0]))
+        return o.ifft(o.ikx * o.fft(fluxes[0]) + o.iky * o.fft(fluxes[1]))
+
+    def _strain(self, o: _Ops, w_hat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(|S|, grad w) physical. 2D: |S| = sqrt(4 psi_xy^2 + (psi_xx - psi_yy)^2); 1D: |u_x|."""
+        grads = [o.ifft(g) for g in self._gradient_hat(o, w_hat)]
+        if self.ndim == 1:
+            return grads[0].abs(), grads
+        pxy = o.ifft(o.psi_xy * w_hat)
+        diff = o.ifft((o.psi_xx - o.psi_yy) * w_hat)
+        return torch.sqrt(4 * pxy ** 2 + diff ** 2), grads
+
+    def _eddy_flux_divergence(self, o: _Ops, nu: torch.Tensor, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``div(nu grad w)`` (2D) or ``d/dx(2 nu u_x)`` (1D)."""
+        factor = 2.0 if self.ndim == 1 else 1.0
+        return self._divergence(o, [factor * nu * g for g in grads])
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, length={self.length:g}, ndim={self.ndim}"
+
+
+class NoClosure(Closure):
+    """The zero closure (``none``): a plain LES."""
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(state)
+
+
+class Smagorinsky(_GridClosure):
+    """Smagorinsky eddy viscosity ``nu_e = (Cs D)^2 |S|`` in vorticity (2D) or velocity (1D) form."""
+
+    def __init__(self, n: int, length: float = 2 * math.pi, ndim: int = 2, cs: float = 0.17):
+        super().__init__(n, length, ndim)
+        self.cs = float(cs)
+
+    def eddy_viscosity(self, state: torch.Tensor) -> torch.Tensor:
+        o = self.ops(state)
+        s, _ = self._strain(o, o.fft(state))
+        return (self.cs * self.spacing) ** 2 * s
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        self._check(state)
+        o = self.ops(state)
+        s, grads = self._strain(o, o.fft(state))
+        return self._eddy_flux_divergence(o, (self.cs * self.spacing) ** 2 * s, grads)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", cs={self.cs:g}"
+
+
+class Leith(_GridClosure):
+    """Leith eddy viscosity ``nu_e = (C_L D)^3 |grad omega|`` (1D: ``|u_xx|``)."""
+
+    def __init__(self, n: int, length: float = 2 * math.pi, ndim: int = 2, cl: float = 0.2):
+        super().__init__(n, length, ndim)
+        self.cl = float(cl)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        self._check(state)
+        o = self.ops(state)
+        w_hat = o.fft(state)
+        grads_hat = self._gradient_hat(o, w_hat)
+        grads = [o.ifft(g) for g in grads_hat]
+        if self.ndim == 1:
+            magnitude = o.ifft(o.ikx * grads_hat[0]).abs()
+        else:
+            magnitude = torch.sqrt(grads[0] ** 2 + grads[1] ** 2)
+        return self._eddy_flux_divergence(o, (self.cl * self.spacing) ** 3 * magnitude, grads)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", cl={self.cl:g}"
+
+
+class DynamicSmagorinsky(_GridClosure):
+    """Germano-Lilly dynamic Smagorinsky with a Gaussian test filter of width ``2 D``.
+
+    ``averaging``: ``"domain"`` (one coefficient per batch member) or ``"local"``
+    (products smoothed by the test filter, a coefficient per point).
+    ``coefficient(state)`` returns ``c = Cs^2`` (``(batch,)`` or ``(batch, *grid)``).
+    """
+
+    def __init__(self, n: int, length: float = 2 * math.pi, ndim: int = 2, averaging: str = "domain",
+                 test_width: float = 2.0):
+        super().__init__(n, length, ndim)
+        if averaging not in ("domain", "local"):
+            raise ValueError(f"averaging must be 'domain' or 'local', got {averaging!r}")
+        self.averaging = averaging
+        # test filter: Gaussian, `test_width` LES grid spacings wide; the ratio to D = dx is test_width
+        self.test_filter = Filter("gaussian", self.n, self.length, test_width)
+        self.ratio = float(test_width)
+        self._transfer: dict = {}
+
+    def _test_transfer(self, state: torch.Tensor) -> torch.Tensor:
+        key = (state.device, state.dtype)
+        if key not in self._transfer:
+            o = self.ops(state)
+            d = self.test_filter.filter_width
+            self._transfer[key] = torch.exp(-o.k2 * d ** 2 / 24)  # Filter.transfer's Gaussian, on our grid
+        return self._transfer[key]
+
+    def nonlinear_hat(self, o: _Ops, w_hat: torch.Tensor) -> torch.Tensor:
+        """The LES solver's dealiased nonlinear term (exact Galerkin projection), spectral."""
+        w_hat = o.dealias * w_hat
+        if self.ndim == 1:
+            u = o.ifft(w_hat)
+            return -0.5 * o.dealias * o.ikx * o.fft(u * u)
+        psi = o.inverse_k2 * w_hat
+        u, v = o.ifft(o.iky * psi), o.ifft(-o.ikx * psi)
+        wx, wy = o.ifft(o.ikx * w_hat), o.ifft(o.iky * w_hat)
+        return -o.dealias * o.fft(u * wx + v * wy)
+
+    def _unit_model(self, o: _Ops, w_hat: torch.Tensor, width: float):
+        """(|S| grad-fluxes factor, grads) and the unit model ``width^2 div(|S| grad w)``."""
+        s, grads = self._strain(o, w_hat)
+        nu = width ** 2 * s
+        return nu, grads, self._eddy_flux_divergence(o, nu, grads)
+
+    def germano(self, state: torch.Tensor):
+        """``(L, M, nu1, grads)``: the Germano identity's terms and the unit-coefficient viscosity."""
+        o = self.ops(state)
+        T = self._test_transfer(state)
+        D = self.spacing
+        w_hat = o.fft(state)
+        tw_hat = T * w_hat
+        L = o.ifft(T * self.nonlinear_hat(o, w_hat) - self.nonlinear_hat(o, tw_hat))
+        nu1, grads, m1 = self._unit_model(o, w_hat, D)
+        _, _, m2 = self._unit_model(o, tw_hat, self.ratio * D)
+        M = m2 - o.ifft(T * o.fft(m1))
+        return L, M, nu1, grads
+
+    def _coefficient(self, state: torch.Tensor):
+        o = self.ops(state)
+        L, M, nu1, grads = self.germano(state)
+        dims = tuple(range(-self.ndim, 0))
+        if self.averaging == "domain":
+            lm = (L * M).mean(dim=dims)
+            mm = (M * M).mean(dim=dims)
+            c = lm.clamp_min(0) / mm.clamp_min(torch.finfo(state.dtype).tiny)
+            return c, nu1, grads
+        T = self._test_transfer(state)
+        lm = o.ifft(T * o.fft(L * M))
+        mm = o.ifft(T * o.fft(M * M))
+        # the spectral Gaussian can undershoot slightly below zero: floor <MM> at a small
+        # fraction of its domain mean so that c stays finite where M vanishes
+        floor = 1e-6 * mm.mean(dim=dims, keepdim=True).clamp_min(torch.finfo(state.dtype).tiny)
+        c = lm.clamp_min(0) / torch.maximum(mm, floor)
+        return c, nu1, grads
+
+    def coefficient(self, state: torch.Tensor) -> torch.Tensor:
+        """``c = Cs^2``: ``(batch,)`` for domain averaging, ``(batch, *grid)`` for local."""
+        self._check(state)
+        return self._coefficient(state)[0]
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        self._check(state)
+        o = self.ops(state)
+        c, nu1, grads = self._coefficient(state)
+        if self.averaging == "domain":
+            c = c.reshape(c.shape + (1,) * self.ndim)
+        return self._eddy_flux_divergence(o, c * nu1, grads)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", averaging={self.averaging}, test_width={self.ratio:g}"
+
+
+class Sum(Closure):
+    """The sum of closures' tendencies: ``Sum(a, b)(w) = a(w) + b(w)`` (also ``a + b``)."""
+
+    def __init__(self, *closures: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        flat = []
+        for c in closures:
+            flat.extend(c.terms if isinstance(c, Sum) else [c])
+        if not flat:
+            raise ValueError("Sum needs at least one closure")
+        modules = [c for c in flat if isinstance(c, nn.Module)]
+        self.modules_ = nn.ModuleList(modules)  # registers parameters/buffers of module terms
+        self.terms = flat
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        out = self.terms[0](state)
+        for term in self.terms[1:]:
+            out = out + term(state)
+        return out
+
+
+# ------------------------------------------------------------------------------- factory
+def is_baseline(name: str) -> bool:
+    return all(part.strip() in BASELINES for part in str(name).split("+"))
+
+
+def _load_learned(model_dir, equation) -> nn.Module:
+    from closure.nn import load_model
+
+    path = Path(model_dir)
+    model_file = path / "model.pt" if path.is_dir() else path
+    if not model_file.is_file():
+        raise ClosureError(f"{path}: no model.pt (expected a training run directory from `closure train`)")
+    model = load_model(model_file)
+    model = model.to(device=equation.device, dtype=equation.dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def make_closure(name: str, les_equation, config=None, model_dir: Optional[str | Path] = None) -> nn.Module:
+    """The closure called ``name`` for an LES equation (its grid, device and dtype).
+
+    ``name``: ``none``, ``smagorinsky``, ``dynamic_smagorinsky``, ``leith``,
+    ``learned`` (loads ``model_dir/model.pt``), a path to a training run
+    directory, or a ``+``-separated sum such as ``learned+smagorinsky``.
+    Constants come from ``config.run`` (``smagorinsky_cs``, ``leith_cl``).
+    """
+    parts = [p.strip() for p in str(name).split("+")] if "+" in str(name) else [str(name)]
+    if len(parts) > 1:
+        return Sum(*[make_closure(p, les_equation, config, model_dir) for p in parts])
+    name = parts[0]
+    run = getattr(config, "run", None)
+    cs = run.smagorinsky_cs if run is not None else 0.17
+    cl = run.leith_cl if run is not None else 0.2
+    if name == "none":
+        return NoClosure()
+    if name == "smagorinsky":
+        return Smagorinsky.for_equation(les_equation, cs=cs)
+    if name == "leith":
+        return Leith.for_equation(les_equation, cl=cl)
+    if name in ("dynamic_smagorinsky", "dynamic"):
+        return DynamicSmagorinsky.for_equation(les_equation)
+    if name == "dynamic_smagorinsky_local":
+        return DynamicSmagorinsky.for_equation(les_equation, averaging="local")
+    if name == "learned":
+        if model_dir is None:
+            raise ClosureError("model 'learned' needs a training run directory (model_dir)")
+        return _load_learned(model_dir, les_equation)
+    if Path(name).exists():
+        return _load_learned(name, les_equation)
+    raise ClosureError(f"model {name!r} is neither a training run directory nor one of {', '.join(BASELINES)}")

@@ -1,0 +1,379 @@
+"""The coupled LES: the LES solver with a closure, started from filtered DNS fields.
+
+    run_les(config, model, data, output, name=None) -> Path
+
+- ``data``: a filtered-DNS dataset (CONTRACT.md schema). The LES physics
+  (equation, viscosity, drag, forcing, LES resolution and filter, seed) is the
+  dataset's own stored config; ``config`` supplies the ``run`` section (time,
+  dt, integrator, constants), ``device`` and ``dtype``, and the train/test
+  split. A ``system``/``les`` section in ``config`` that disagrees with the
+  dataset's is an error (the LES would not be the dataset's LES).
+- ``model``: a training run directory (its ``model.pt`` is loaded with
+  `closure.nn.load_model`, and its ``splits.json`` names the test
+  trajectories) or a baseline name (``none``, ``smagorinsky``,
+  ``dynamic_smagorinsky``, ``leith``, or a ``+`` sum, see `closure.baselines`).
+  Without a run directory the test trajectories are
+  ``split_trajectories(n, data.validation_fraction, data.test_fraction, seed)["test"]``,
+  the split the training uses.
+- Each test trajectory starts from its first snapshot (model time
+  ``t0 = dns.spinup_time``) and the LES (`closure.system.les_equation`, filtered
+  forcing ``P G f``; the stochastic Burgers forcing gets each trajectory's own
+  seed and the absolute model time, so it is the DNS's forcing) runs for
+  ``run.time`` with steps of ``run.dt``, all test trajectories in one batch on
+  the resolved device. The closure is called inside every stage of the
+  integrator, on the solver's device, under ``torch.no_grad``: no host round
+  trips except one copy per saved snapshot.
+- Snapshots are saved every ``dns.sample_interval`` (so ``run.dt`` must divide
+  it), at the same times as the reference. ``run.time`` may exceed the
+  reference's span (a longer stability test); the evaluation uses the overlap.
+- Blow-ups: a trajectory whose state becomes non-finite is recorded (its
+  ``blowup_time``), dropped from the batch, and the others continue from the
+  last saved state (the interval is re-run without it). Its remaining
+  snapshots are NaN.
+
+Output: the dataset schema (variable ``omega``/``u`` and ``sgs`` = the closure's
+tendency at each snapshot, coordinates, the contract's attributes with ``dt``
+the LES step), plus the variable ``blowup_time`` (trajectory; NaN = none) and
+the attributes ``model``, ``blowups`` (JSON ``[{trajectory, time}]``),
+``les_seconds_per_model_time`` (wall clock of the whole batch per unit model
+time, I/O excluded), ``les_ms_per_step``, ``dns_seconds_per_model_time`` (the
+dataset's ``dns_seconds_per_model_time`` attribute if it has one, else a few
+DNS steps timed here on the same device with the same batch) and
+``cost_ratio`` (LES / DNS per unit model time). Written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time as _time
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from closure import dataset as ds_io
+from closure.baselines import BASELINES, is_baseline, make_closure
+from closure.config import Config, resolve_device, resolve_dtype
+from closure.errors import ClosureError
+from closure.progress import progress
+
+log = logging.getLogger("closure.les")
+
+__all__ = ["run_les", "test_trajectories", "les_config", "time_dns", "model_label", "LESResult", "integrate"]
+
+
+def _sections_equal(a, b) -> bool:
+    return a.model_dump(mode="json") == b.model_dump(mode="json")
+
+
+def les_config(config: Config, data_config: Config) -> Config:
+    """The dataset's physics with ``config``'s run section, device and dtype (checked for consistency)."""
+    for section in ("system", "les"):
+        if not _sections_equal(getattr(config, section), getattr(data_config, section)):
+            mine = getattr(config, section).model_dump(mode="json")
+            theirs = getattr(data_config, section).model_dump(mode="json")
+            key = next((k for k in mine if mine[k] != theirs.get(k)), "?")
+            raise ClosureError(f"config {section}.{key}={mine.get(key)!r} differs from the dataset's "
+                               f"{section}.{key}={theirs.get(key)!r}: the LES must use the dataset's physics")
+    return data_config.model_copy(update={"run": config.run, "device": config.device, "dtype": config.dtype,
+                                          "data": config.data, "model": config.model, "train": config.train})
+
+
+def model_label(model: Union[str, Path]) -> str:
+    """``none``/``smagorinsky``/... for baselines, the run directory's name for a learned model."""
+    text = str(model)
+    return text if is_baseline(text) else Path(text).resolve().name
+
+
+def _is_run_dir(model) -> bool:
+    return not is_baseline(str(model)) and Path(str(model)).is_dir()
+
+
+def test_trajectories(config: Config, n_trajectories: int, model=None) -> list[int]:
+    """Positional indices of the test trajectories: the run dir's ``splits.json`` if any, else the config's split."""
+    if model is not None and _is_run_dir(model):
+        splits_file = Path(str(model)) / "splits.json"
+        if splits_file.is_file():
+            try:
+                test = json.loads(splits_file.read_text())["test"]
+            except (ValueError, KeyError):
+                raise ClosureError(f"{splits_file}: malformed (expected a JSON object with a 'test' list)") from None
+            bad = [i for i in test if not (0 <= int(i) < n_trajectories)]
+            if bad:
+                raise ClosureError(f"{splits_file}: test trajectories {bad} are not in the dataset "
+                                   f"({n_trajectories} trajectories)")
+            return [int(i) for i in test]
+    d = config.data
+    return ds_io.split_trajectories(n_trajectories, d.validation_fraction, d.test_fraction, config.seed)["test"]
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class cpu_threads:
+    """Context manager: torch intra-op threads for small CPU grids.
+
+    Small FFTs (an LES grid of <= 128^2) gain nothing from several threads, and when
+    other processes compete for the cores torch's thread pool can slow them ~100x
+    (docs/performance.md). ``threads=None`` picks 1 for grids of at most ``small``
+    points per direction on the CPU and leaves the setting alone otherwise.
+    """
+
+    def __init__(self, device, n: int, threads: Optional[int] = None, small: int = 128):
+        self.target = threads if threads is not None else (1 if torch.device(device).type == "cpu" and n <= small
+                                                           else None)
+        self.saved = None
+
+    def __enter__(self):
+        if self.target is not None:
+            self.saved = torch.get_num_threads()
+            torch.set_num_threads(int(self.target))
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            torch.set_num_threads(self.saved)
+        return False
+
+
+def time_dns(config: Config, batch: int, device, dtype, max_steps: int = 8, budget_s: float = 2.0) -> float:
+    """Seconds of wall clock per unit model time of the DNS of ``config`` for ``batch`` trajectories."""
+    from closure.system import dns_equation, initial_state, trajectory_seeds
+
+    with cpu_threads(device, config.dns.resolution):
+        return _time_dns(config, batch, device, dtype, max_steps, budget_s)
+
+
+def _time_dns(config, batch, device, dtype, max_steps, budget_s):
+    from closure.system import dns_equation, initial_state, trajectory_seeds
+
+    seeds = trajectory_seeds(config, range(batch))
+    eq = dns_equation(config, dtype=dtype, device=device, seeds=seeds)
+    state = initial_state(config, eq.grid, seeds).to(device=device, dtype=dtype)
+    stepper = eq.stepper(config.dns.integrator, config.dns.dt)
+    w = eq.grid.to_spectral(state)
+    with torch.no_grad():
+        w = stepper.step(w, 0.0)  # warm-up (plans, caches)
+        _sync(eq.device)
+        start, steps = _time.perf_counter(), 0
+        while steps < max_steps:
+            w = stepper.step(w, steps * config.dns.dt)
+            steps += 1
+            _sync(eq.device)
+            if _time.perf_counter() - start > budget_s and steps >= 2:
+                break
+        elapsed = _time.perf_counter() - start
+    return elapsed / (steps * config.dns.dt)
+
+
+class LESResult:
+    """Arrays of one coupled LES batch: field/sgs (trajectory, time, *grid), times, blow-up times, timing."""
+
+    def __init__(self, field, sgs, times, blowup_time, seconds, model_time, steps):
+        self.field, self.sgs, self.times, self.blowup_time = field, sgs, times, blowup_time
+        self.seconds, self.model_time, self.steps = seconds, model_time, steps
+
+
+def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: int, saves: int,
+              t0: float = 0.0, method: str = "etdrk4", desc: str = "les", show_progress: Optional[bool] = None
+              ) -> LESResult:
+    """Run ``saves`` intervals of ``save_every`` steps from ``initial`` (batch, *grid); drop blow-ups.
+
+    Returns numpy arrays (NaN after a member's blow-up) and the wall time of the stepping.
+    """
+    import solvers
+
+    from closure.baselines import NoClosure
+
+    closure = NoClosure() if closure is None else closure
+    # the zero closure costs two FFTs per stage inside the solver: pass None there
+    solver_closure = None if isinstance(closure, NoClosure) else closure
+    batch = initial.shape[0]
+    shape = tuple(initial.shape[1:])
+    np_dtype = np.float32 if initial.dtype == torch.float32 else np.float64
+    field = np.full((batch, saves + 1) + shape, np.nan, dtype=np_dtype)
+    sgs = np.full((batch, saves + 1) + shape, np.nan, dtype=np_dtype)
+    blowup_time = np.full(batch, np.nan)
+    interval = save_every * dt
+    times = t0 + interval * np.arange(saves + 1)
+    active = list(range(batch))
+    state = initial
+    equation.stepper(method, dt)  # build (and cache) the integrator's coefficients outside the timing
+    seconds, steps = 0.0, 0
+    with torch.no_grad():
+        field[:, 0] = state.cpu().numpy()
+        sgs[:, 0] = closure(state).cpu().numpy()
+        with progress(total=saves, desc=desc, unit="snapshot", enabled=show_progress) as bar:
+            for j in range(1, saves + 1):
+                t = float(times[j - 1])
+                new = None
+                while active:
+                    _sync(state.device)
+                    start = _time.perf_counter()
+                    try:
+                        new = equation.simulate(state, dt=dt, steps=save_every, closure=solver_closure, time=t,
+                                                method=method)
+                        _sync(state.device)
+                        seconds += _time.perf_counter() - start
+                        steps += save_every
+                        break
+                    except solvers.BlowUpError as err:
+                        seconds += _time.perf_counter() - start
+                        steps += err.step
+                        bad = set(int(m) for m in err.members)
+                        for m in bad:
+                            blowup_time[active[m]] = err.time
+                        keep = [i for i in range(len(active)) if i not in bad]
+                        log.warning("%s: trajectory %s blew up at t = %.6g; continuing with %d of %d",
+                                    desc, [active[m] for m in sorted(bad)], err.time, len(keep), batch)
+                        active = [active[i] for i in keep]
+                        if not active:
+                            break
+                        state = state[keep]
+                        forcing = equation.forcing
+                        if forcing is not None and not getattr(forcing, "steady", True):
+                            equation.forcing = forcing.subset(keep)
+                if not active:
+                    break
+                state = new
+                field[active, j] = state.cpu().numpy()
+                sgs[active, j] = closure(state).cpu().numpy()
+                bar.update(1)
+    return LESResult(field, sgs, times, blowup_time, seconds, saves * interval, steps)
+
+
+def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Path],
+            name: Optional[str] = None, show_progress: Optional[bool] = None) -> Path:
+    """Run the coupled LES of ``model`` from the test trajectories of ``data``; write ``output``; return its path."""
+    from closure.system import les_equation, trajectory_seeds
+
+    output = Path(output)
+    model_str = str(model)
+    if not is_baseline(model_str):
+        path = Path(model_str)
+        if not path.exists():
+            raise ClosureError(f"--model {model_str!r}: neither a training run directory nor one of "
+                               f"{', '.join(BASELINES)}")
+        if path.is_dir() and not (path / "model.pt").is_file():
+            raise ClosureError(f"{path}: not a training run directory (no model.pt)")
+    label = name or model_label(model_str)
+
+    ds = ds_io.open_dataset(data) if not hasattr(data, "data_vars") else data
+    source = str(data) if not hasattr(data, "data_vars") else ds.encoding.get("source", "dataset")
+    data_config = ds_io.dataset_config(ds)
+    cfg = les_config(config, data_config)
+    equation_name = cfg.system.equation
+    var = ds_io.field_name(equation_name)
+
+    # ---------------------------------------------------------------- times
+    times = np.asarray(ds["time"].values, dtype=np.float64)
+    if times.size < 1:
+        raise ClosureError(f"{source}: the dataset has no snapshots")
+    interval = cfg.dns.sample_interval if times.size < 2 else float(times[1] - times[0])
+    run = cfg.run
+    ratio = interval / run.dt
+    if abs(ratio - round(ratio)) > 1e-6 * max(1.0, ratio) or round(ratio) < 1:
+        raise ClosureError(f"run.dt={run.dt} must divide the dataset's sample interval {interval:g}")
+    save_every = int(round(ratio))
+    saves = int(math.floor(run.time / interval + 1e-9))
+    if saves < 1:
+        raise ClosureError(f"run.time={run.time} is shorter than the dataset's sample interval {interval:g}")
+    t0 = float(times[0])
+    span = float(times[-1] - times[0])
+    if saves * interval > span + 1e-9:
+        log.info("les %s: run.time=%g exceeds the reference span %g; the evaluation uses the overlap",
+                 label, run.time, span)
+
+    # ---------------------------------------------------------------- trajectories
+    n_traj = int(ds.sizes["trajectory"])
+    test = test_trajectories(cfg, n_traj, model_str)
+    ids = [int(v) for v in np.asarray(ds["trajectory"].values)[test]]
+    device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
+    initial = np.asarray(ds[var].isel(trajectory=test, time=0).values)
+    if not np.all(np.isfinite(initial)):
+        raise ClosureError(f"{source}: non-finite values in the initial snapshots of trajectories {ids}")
+    state = torch.as_tensor(initial).to(device=device, dtype=dtype)
+
+    seeds = trajectory_seeds(cfg, ids)
+    equation = les_equation(cfg, dtype=dtype, device=device, seeds=seeds)
+    closure = make_closure(model_str, equation, cfg)
+    if isinstance(closure, torch.nn.Module):
+        closure = closure.to(device=device).eval()
+
+    log.info("les %s: %d trajectories %s, %d steps of dt=%g on %s", label, len(ids), ids, saves * save_every,
+             run.dt, device)
+    with cpu_threads(device, cfg.les.resolution) as threads:
+        n_threads = torch.get_num_threads()
+        result = integrate(equation, closure, state, run.dt, save_every, saves, t0=t0, method=run.integrator,
+                           desc=f"les {label}", show_progress=show_progress)
+
+    # ---------------------------------------------------------------- cost
+    les_spmt = result.seconds / result.model_time if result.model_time > 0 else float("nan")
+    dns_spmt = ds.attrs.get("dns_seconds_per_model_time")
+    dns_source = "dataset"
+    if dns_spmt is None:
+        dns_spmt = time_dns(data_config, len(ids), device, dtype)
+        dns_source = f"timed here ({len(ids)} trajectories, {device})"
+    dns_spmt = float(dns_spmt)
+
+    # ---------------------------------------------------------------- write
+    out = ds_io.build_dataset(cfg, result.field, result.sgs, result.times, ids)
+    out[var].attrs["long_name"] = f"LES {var} with closure {label}"
+    out["sgs"].attrs["long_name"] = f"closure tendency c({var}) of model {label}"
+    out["blowup_time"] = ("trajectory", result.blowup_time,
+                          {"long_name": "model time at which the trajectory became non-finite (NaN: never)",
+                           "units": "1"})
+    blowups = [{"trajectory": ids[i], "time": float(result.blowup_time[i])}
+               for i in range(len(ids)) if np.isfinite(result.blowup_time[i])]
+    out.attrs.update({
+        "title": f"coupled LES of {equation_name} with closure {label}",
+        "model": label,
+        "model_source": model_str if is_baseline(model_str) else str(Path(model_str).resolve()),
+        "dt": float(run.dt),
+        "dns_dt": float(data_config.dns.dt),
+        "integrator": run.integrator,
+        "reference": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
+        "test_trajectories": json.dumps(ids),
+        "blowups": json.dumps(blowups),
+        "les_seconds_per_model_time": float(les_spmt),
+        "les_ms_per_step": float(1e3 * result.seconds / max(result.steps, 1)),
+        "dns_seconds_per_model_time": dns_spmt,
+        "dns_cost_source": dns_source,
+        "cost_ratio": float(les_spmt / dns_spmt) if dns_spmt > 0 else float("nan"),
+        "device": str(device),
+        "torch_threads": int(n_threads),
+    })
+    if blowups:
+        log.warning("les %s: %d of %d trajectories blew up: %s", label, len(blowups), len(ids), blowups)
+    return write_atomic(out, output)
+
+
+def write_atomic(ds, path: Union[str, Path]) -> Path:
+    """Write an LES dataset atomically (temp file in the same folder, then `os.replace`).
+
+    The field variables get the dataset writer's encoding (`closure.dataset.encoding_for`:
+    zlib, chunks along trajectory and time); per-trajectory variables are stored plainly.
+    """
+    import os
+    import uuid
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = [name for name, v in ds.data_vars.items() if v.ndim >= 3]
+    encoding = ds_io.encoding_for(ds[fields])
+    for name, v in ds.data_vars.items():
+        if name not in fields:
+            encoding[name] = {"zlib": True}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
