@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from closure.errors import ClosureError
 
@@ -220,6 +220,12 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    # the file this config was loaded from (not a key; set by load_config, used for default output names)
+    _source: Optional[str] = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Optional[str]:
+        return self._source
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
@@ -306,7 +312,9 @@ def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> Conf
         raise ClosureError(f"{path}: not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise ClosureError(f"{path}: the top level must be a mapping of sections")
-    return config_from_dict(apply_overrides(raw, overrides or []), str(path))
+    config = config_from_dict(apply_overrides(raw, overrides or []), str(path))
+    config._source = str(path)
+    return config
 
 
 def config_to_dict(config: Config) -> dict:

@@ -31,6 +31,8 @@ class _LogBar:
 
     def update(self, k=1):
         self.n += k
+        if self.interval == float("inf"):  # silenced (enabled=False)
+            return
         now = time.time()
         if now - self.last >= self.interval or (self.total and self.n >= self.total):
             self.last = now

@@ -1,0 +1,261 @@
+"""The ``closure`` command line: argument parsing and error reporting only.
+
+    closure generate CONFIG [-o DATASET.nc] [--scheduler ADDR | --workers N] [--set KEY=VALUE ...]
+    closure train    CONFIG --data DATASET.nc [-o RUN_DIR] [--resume] [--init RUN_DIR] [--set ...]
+    closure les      CONFIG --model MODEL --data DATASET.nc -o LES.nc [--set ...]
+    closure evaluate --reference DATASET.nc LES.nc [LES.nc ...] -o REPORT_DIR
+    closure pipeline CONFIG [-o OUT_DIR] [--set ...]
+    closure sweep    CONFIG --data DATASET.nc -o SWEEP_DIR [--scheduler ADDR | --workers N] [--set ...]
+
+Each command loads and validates its config, then calls one library function
+(imported lazily). Errors the user can cause (`ClosureError`, missing or
+unreadable files, invalid values) become one line ``closure: error: <message>``
+on stderr and exit status 2; Ctrl-C exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from closure.errors import ClosureError
+
+BASELINES = ("none", "smagorinsky", "dynamic_smagorinsky", "leith")
+
+log = logging.getLogger("closure")
+
+
+# --------------------------------------------------------------------------- helpers
+def _load(args):
+    from closure.config import load_config
+
+    return load_config(args.config, args.set or [])
+
+
+def _stem(path) -> str:
+    return Path(path).stem
+
+
+def _require_file(path, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ClosureError(f"{p}: {what} not found")
+    if p.is_dir():
+        raise ClosureError(f"{p}: is a directory, expected a {what}")
+    return p
+
+
+def _check_scale_out(args):
+    if getattr(args, "scheduler", None) and getattr(args, "workers", None) is not None:
+        raise ClosureError("give either --scheduler or --workers, not both")
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise ClosureError(f"--workers {args.workers}: must be at least 1")
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_generate(args) -> int:
+    _check_scale_out(args)
+    config = _load(args)
+    from closure.generate import generate
+
+    path = generate(config, args.output, scheduler=args.scheduler, workers=args.workers)
+    print(path)
+    return 0
+
+
+def cmd_train(args) -> int:
+    config = _load(args)
+    data = _require_file(args.data, "dataset file")
+    if args.init is not None and not Path(args.init).is_dir():
+        raise ClosureError(f"{args.init}: --init run directory not found")
+    run_dir = Path(args.output) if args.output else Path("runs") / _stem(args.config) / "train"
+    from closure.train import train
+
+    result = train(config, data, run_dir, resume=args.resume, init=args.init)
+    print(result if result is not None else run_dir)
+    return 0
+
+
+def cmd_les(args) -> int:
+    config = _load(args)
+    data = _require_file(args.data, "dataset file")
+    model = args.model
+    if model not in BASELINES and not Path(model).is_dir():
+        raise ClosureError(f"--model {model}: neither a baseline ({', '.join(BASELINES)}) "
+                           "nor a training run directory")
+    from closure.les import run_les
+
+    result = run_les(config, model, data, Path(args.output))
+    print(result if result is not None else args.output)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    reference = _require_file(args.reference, "reference dataset file")
+    runs = [_require_file(r, "LES file") for r in args.runs]
+    from closure.evaluate import evaluate
+
+    result = evaluate(reference, runs, Path(args.output))
+    print(result if result is not None else args.output)
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    config = _load(args)
+    out_dir = Path(args.output) if args.output else Path("runs") / _stem(args.config)
+    from closure.pipeline import pipeline
+
+    result = pipeline(config, out_dir, config_path=Path(args.config))
+    print(result if result is not None else out_dir)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    _check_scale_out(args)
+    config = _load(args)
+    data = _require_file(args.data, "dataset file")
+    from closure.sweep import sweep
+
+    result = sweep(config, data, Path(args.output), scheduler=args.scheduler, workers=args.workers)
+    print(result if result is not None else args.output)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from closure import __version__
+
+    parser = _Parser(prog="closure", description="Filtered-DNS datasets, neural SGS closures, coupled LES.")
+    parser.add_argument("--version", action="version", version=f"closure {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def with_config(p):
+        p.add_argument("config", metavar="CONFIG", help="YAML experiment config")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                       help="override one config key (value parsed as YAML); repeatable")
+
+    def with_scale_out(p):
+        p.add_argument("--scheduler", metavar="ADDRESS", help="attach to a dask.distributed scheduler")
+        p.add_argument("--workers", type=int, metavar="N", help="start a local dask cluster of N worker processes")
+
+    p = sub.add_parser("generate", help="DNS ensemble -> filtered dataset with exact SGS terms")
+    with_config(p)
+    p.add_argument("-o", "--output", metavar="DATASET.nc", help="output file (default data/<config stem>.nc)")
+    with_scale_out(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train a closure on a dataset")
+    with_config(p)
+    p.add_argument("--data", required=True, metavar="DATASET.nc")
+    p.add_argument("-o", "--output", metavar="RUN_DIR", help="run directory (default runs/<config stem>/train)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--init", metavar="RUN_DIR", help="initialise the weights from another run")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("les", help="run the coupled LES with a closure")
+    with_config(p)
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help=f"training run directory or a baseline: {', '.join(BASELINES)}")
+    p.add_argument("--data", required=True, metavar="DATASET.nc", help="filtered DNS (initial fields)")
+    p.add_argument("-o", "--output", required=True, metavar="LES.nc")
+    p.set_defaults(func=cmd_les)
+
+    p = sub.add_parser("evaluate", help="a-posteriori metrics and figures against the filtered DNS")
+    p.add_argument("--reference", required=True, metavar="DATASET.nc")
+    p.add_argument("runs", nargs="+", metavar="LES.nc")
+    p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("pipeline", help="generate -> train -> les -> evaluate")
+    with_config(p)
+    p.add_argument("-o", "--output", metavar="OUT_DIR", help="output folder (default runs/<config stem>)")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("sweep", help="the normalization study (gamma x width x seed)")
+    with_config(p)
+    p.add_argument("--data", required=True, metavar="DATASET.nc")
+    p.add_argument("-o", "--output", required=True, metavar="SWEEP_DIR")
+    with_scale_out(p)
+    p.set_defaults(func=cmd_sweep)
+    return parser
+
+
+# --------------------------------------------------------------------------- errors
+def _describe(exc: BaseException) -> str:
+    """One line for an error the user can cause."""
+    if isinstance(exc, ClosureError):
+        text = str(exc)
+    elif isinstance(exc, FileNotFoundError):
+        text = f"{exc.filename}: file not found" if exc.filename else str(exc)
+    elif isinstance(exc, IsADirectoryError):
+        text = f"{exc.filename}: is a directory" if exc.filename else str(exc)
+    elif isinstance(exc, PermissionError):
+        text = f"{exc.filename}: permission denied" if exc.filename else str(exc)
+    elif isinstance(exc, OSError):
+        reason = exc.strerror or exc.__class__.__name__
+        text = f"{exc.filename}: {reason}" if exc.filename else str(exc) or reason
+    else:  # pydantic.ValidationError
+        try:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            text = f"{where}: {first.get('msg', exc)}" if where else str(first.get("msg", exc))
+        except Exception:
+            text = str(exc)
+    return " ".join(text.split()) or exc.__class__.__name__
+
+
+def _setup_logging(quiet: bool):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger("closure")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+    for noisy in ("distributed", "tornado", "bokeh"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``closure`` console script; returns (and exits with) the status."""
+    from pydantic import ValidationError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        status = args.func(args) or 0
+    except KeyboardInterrupt:
+        print("closure: interrupted", file=sys.stderr)
+        status = 130
+    except (ClosureError, OSError, ValidationError) as exc:
+        print(f"closure: error: {_describe(exc)}", file=sys.stderr)
+        status = 2
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("closure."):
+            print(f"closure: error: 'closure {args.command}' is not available in this installation "
+                  f"(module {exc.name} is missing)", file=sys.stderr)
+            status = 2
+        else:
+            raise
+    sys.stdout.flush()
+    return status
+
+
+def run(argv: Optional[Sequence[str]] = None):
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+    run()

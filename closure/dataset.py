@@ -1,0 +1,310 @@
+"""Filtered-DNS datasets: the netCDF schema of CONTRACT.md, writing, reading, validation.
+
+A dataset holds, for ``trajectory`` independent runs and ``time`` snapshots,
+
+    omega | u   the filtered field  P G w            (trajectory, time, [y,] x)
+    sgs         the exact SGS term  P G R(w) - R_les(P G w)
+    omega_dns | u_dns   the DNS field w (only with data.keep_dns), on (y_dns,) x_dns
+
+with coordinates ``trajectory`` (integer trajectory ids), ``time`` (model time
+since the initial condition), ``x``/``y`` (LES grid points ``j * length / n_les``)
+and ``x_dns``/``y_dns``. Global attributes record the physics, the filter, the
+resolved config (YAML) and the provenance; the conventions are CF-1.8.
+Files are zlib-compressed and chunked along ``trajectory`` and ``time`` so that
+``open_dataset(path)`` reads them lazily with dask.
+
+    ds = build_dataset(config, field, sgs, times, trajectory_ids)    # numpy arrays in
+    write(ds, path)                       # atomic: temp file + os.replace
+    ds = open_dataset(path_or_paths)      # lazy (dask), validated
+    config = dataset_config(ds)           # the stored Config
+    split_trajectories(n, validation_fraction, test_fraction, seed)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import xarray as xr
+
+from closure.errors import ClosureError
+
+__all__ = [
+    "FIELD_NAMES", "field_name", "spatial_dims", "build_dataset", "write", "open_dataset", "validate",
+    "dataset_config", "split_trajectories", "encoding_for", "REQUIRED_ATTRS", "global_attrs",
+]
+
+FIELD_NAMES = {"burgers_1d": "u", "navier_stokes_2d": "omega"}
+REQUIRED_ATTRS = ("equation", "length", "viscosity", "drag", "forcing", "dns_resolution", "les_resolution",
+                  "filter", "dt", "config", "closure_version", "created")
+_LONG_NAMES = {
+    "u": "filtered velocity P G u",
+    "omega": "filtered vorticity P G omega",
+    "u_dns": "DNS velocity u",
+    "omega_dns": "DNS vorticity omega",
+}
+_SGS_LONG_NAME = {
+    "u": "subgrid-scale tendency P G R(u) - R_les(P G u) of the filtered velocity",
+    "omega": "subgrid-scale tendency P G R(omega) - R_les(P G omega) of the filtered vorticity",
+}
+# the solvers are nondimensional: every quantity is in model units (length unit = the box's unit,
+# time unit = the model time); CF's "1" marks a dimensionless quantity
+_UNITS = {"u": "1", "omega": "1", "sgs": "1"}
+_CHUNK_BYTES = 4 * 2 ** 20
+
+
+def field_name(equation: str) -> str:
+    return FIELD_NAMES[equation]
+
+
+def spatial_dims(equation: str, dns: bool = False) -> tuple[str, ...]:
+    dims = ("x",) if equation == "burgers_1d" else ("y", "x")
+    return tuple(d + "_dns" for d in dims) if dns else dims
+
+
+def _coordinate(n: int, length: float) -> np.ndarray:
+    return np.arange(n, dtype=np.float64) * (length / n)
+
+
+def _version() -> str:
+    from closure import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------- building
+def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[float],
+                  trajectory_ids: Sequence[int], dns_field: Optional[np.ndarray] = None,
+                  created: Optional[str] = None) -> xr.Dataset:
+    """The contract's dataset from arrays ``(trajectory, time, *space)`` and a `Config`.
+
+    Values are cast to ``config.dtype``; coordinates are float64 physical positions.
+    """
+    s = config.system
+    dtype = np.dtype(config.dtype)
+    name = field_name(s.equation)
+    dims = ("trajectory", "time") + spatial_dims(s.equation)
+    n_les, n_dns = config.les.resolution, config.dns.resolution
+    coords = {
+        "trajectory": ("trajectory", np.asarray(trajectory_ids, dtype=np.int64),
+                       {"long_name": "trajectory id (independent random initial condition)"}),
+        "time": ("time", np.asarray(times, dtype=np.float64),
+                 {"long_name": "model time since the initial condition", "units": "1", "axis": "T"}),
+        "x": ("x", _coordinate(n_les, s.length), {"long_name": "x position (LES grid)", "units": "1", "axis": "X"}),
+    }
+    if s.ndim == 2:
+        coords["y"] = ("y", _coordinate(n_les, s.length), {"long_name": "y position (LES grid)", "units": "1",
+                                                           "axis": "Y"})
+    data_vars = {
+        name: (dims, np.asarray(field, dtype=dtype), {"long_name": _LONG_NAMES[name], "units": _UNITS[name]}),
+        "sgs": (dims, np.asarray(sgs, dtype=dtype), {"long_name": _SGS_LONG_NAME[name], "units": _UNITS["sgs"]}),
+    }
+    if dns_field is not None:
+        dns_dims = ("trajectory", "time") + spatial_dims(s.equation, dns=True)
+        coords["x_dns"] = ("x_dns", _coordinate(n_dns, s.length), {"long_name": "x position (DNS grid)", "units": "1"})
+        if s.ndim == 2:
+            coords["y_dns"] = ("y_dns", _coordinate(n_dns, s.length),
+                               {"long_name": "y position (DNS grid)", "units": "1"})
+        data_vars[name + "_dns"] = (dns_dims, np.asarray(dns_field, dtype=dtype),
+                                    {"long_name": _LONG_NAMES[name + "_dns"], "units": _UNITS[name]})
+    attrs = global_attrs(config, created)
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def global_attrs(config, created: Optional[str] = None) -> dict:
+    """The contract's global attributes of a dataset generated from ``config``."""
+    from closure.config import config_to_yaml
+
+    s = config.system
+    n_les, n_dns = config.les.resolution, config.dns.resolution
+    attrs = {
+        "Conventions": "CF-1.8",
+        "title": f"filtered DNS of {s.equation} with exact subgrid-scale terms",
+        "source": f"closure {_version()} (pseudo-spectral DNS, {config.dns.integrator})",
+        "equation": s.equation,
+        "length": float(s.length),
+        "viscosity": float(s.viscosity),
+        "drag": float(s.drag),
+        "forcing": json.dumps(s.forcing.model_dump(mode="json"), sort_keys=True),
+        "dns_resolution": int(n_dns),
+        "les_resolution": int(n_les),
+        "filter": json.dumps(dict(config.les.filter.model_dump(mode="json"),
+                                  filter_width=config.les.filter.width * s.length / n_les), sort_keys=True),
+        "dt": float(config.dns.dt),
+        "config": config_to_yaml(config),
+        "closure_version": _version(),
+        "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sgs_definition": "sgs = P G R(w) - R_les(P G w); d(field)/dt = R_les(field) + sgs",
+    }
+    return attrs
+
+
+def encoding_for(ds: xr.Dataset, complevel: int = 4) -> dict:
+    """zlib compression, chunks of one trajectory and as many times as fit ~4 MiB."""
+    enc = {}
+    for name, var in ds.data_vars.items():
+        shape = var.shape
+        space = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+        per_time = max(1, space * var.dtype.itemsize)
+        nt = shape[1] if len(shape) > 1 else 1
+        ct = int(max(1, min(nt, _CHUNK_BYTES // per_time)))
+        enc[name] = {"zlib": True, "complevel": complevel, "shuffle": True,
+                     "chunksizes": (1, ct) + tuple(shape[2:])}
+    for name in ds.coords:
+        enc[name] = {"_FillValue": None}
+    return enc
+
+
+# --------------------------------------------------------------------------- writing
+def write(ds: xr.Dataset, path: Union[str, Path], complevel: int = 4) -> Path:
+    """Write ``ds`` to ``path`` atomically (a temp file in the same folder, then `os.replace`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding_for(ds, complevel))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+def _open_one(path: Path, chunks) -> xr.Dataset:
+    if not path.exists():
+        raise ClosureError(f"{path}: dataset file not found")
+    if path.is_dir():
+        raise ClosureError(f"{path}: is a directory, expected a netCDF dataset file")
+    try:
+        return xr.open_dataset(path, engine="netcdf4", chunks=chunks)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ClosureError(f"{path}: not a netCDF file ({exc.__class__.__name__})") from None
+
+
+def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
+    """Check the contract's schema; raise `ClosureError` naming the first problem."""
+    equation = ds.attrs.get("equation")
+    if equation not in FIELD_NAMES:
+        if "sgs" not in ds.variables:
+            raise ClosureError(f"{source}: not a closure dataset (missing variable 'sgs')")
+        raise ClosureError(f"{source}: not a closure dataset (attribute 'equation' is {equation!r}, "
+                           f"expected one of {sorted(FIELD_NAMES)})")
+    name = FIELD_NAMES[equation]
+    dims = ("trajectory", "time") + spatial_dims(equation)
+    for var in (name, "sgs"):
+        if var not in ds.data_vars:
+            raise ClosureError(f"{source}: not a closure dataset (missing variable {var!r})")
+        if tuple(ds[var].dims) != dims:
+            raise ClosureError(f"{source}: variable {var!r} has dimensions {tuple(ds[var].dims)}, expected {dims}")
+    for attr in REQUIRED_ATTRS:
+        if attr not in ds.attrs:
+            raise ClosureError(f"{source}: not a closure dataset (missing global attribute {attr!r})")
+    for coord in dims[1:]:
+        if coord not in ds.coords:
+            raise ClosureError(f"{source}: not a closure dataset (missing coordinate {coord!r})")
+    n_les = int(ds.attrs["les_resolution"])
+    if ds.sizes["x"] != n_les:
+        raise ClosureError(f"{source}: dimension x has {ds.sizes['x']} points but les_resolution is {n_les}")
+    dns_name = name + "_dns"
+    if dns_name in ds.data_vars:
+        expect = ("trajectory", "time") + spatial_dims(equation, dns=True)
+        if tuple(ds[dns_name].dims) != expect:
+            raise ClosureError(f"{source}: variable {dns_name!r} has dimensions {tuple(ds[dns_name].dims)}, "
+                               f"expected {expect}")
+    return ds
+
+
+def open_dataset(path_or_paths: Union[str, Path, Iterable[Union[str, Path]]], chunks=None,
+                 validate_schema: bool = True) -> xr.Dataset:
+    """Open one dataset file, or several (concatenated along ``trajectory``), lazily and validated.
+
+    ``chunks={}`` (the default) keeps the on-disk chunks, so variables are dask arrays;
+    ``chunks=None`` is not used here (pass ``chunks=False`` to load eagerly into numpy).
+    """
+    if chunks is None:
+        chunks = {}
+    eager = chunks is False
+    if isinstance(path_or_paths, (str, os.PathLike)):
+        paths = [Path(path_or_paths)]
+    else:
+        paths = [Path(p) for p in path_or_paths]
+    if not paths:
+        raise ClosureError("open_dataset: no dataset files given")
+    opened = [_open_one(p, None if eager else chunks) for p in paths]
+    if validate_schema:
+        try:
+            for p, ds in zip(paths, opened):
+                validate(ds, str(p))
+        except ClosureError:
+            for ds in opened:
+                ds.close()
+            raise
+    if len(opened) == 1:
+        return opened[0].load() if eager else opened[0]
+    equations = {ds.attrs.get("equation") for ds in opened}
+    if len(equations) > 1:
+        for ds in opened:
+            ds.close()
+        raise ClosureError(f"{paths[0]}: cannot combine datasets of different equations {sorted(map(str, equations))}")
+    for ds in opened:
+        ds.close()
+    try:
+        ds = xr.open_mfdataset([str(p) for p in paths], engine="netcdf4", combine="nested",
+                               concat_dim="trajectory", chunks=chunks if not eager else {},
+                               data_vars="minimal", coords="minimal", compat="override",
+                               combine_attrs="override", join="exact")
+    except ValueError as exc:
+        raise ClosureError(f"{paths[0]}: cannot combine datasets ({str(exc).splitlines()[0]})") from None
+    return ds.load() if eager else ds
+
+
+def dataset_config(ds: xr.Dataset):
+    """The resolved `Config` stored in a dataset's ``config`` attribute."""
+    from closure.config import config_from_yaml
+
+    text = ds.attrs.get("config")
+    if text is None:
+        raise ClosureError("dataset: missing global attribute 'config'")
+    source = ds.encoding.get("source", "dataset")
+    return config_from_yaml(text, f"{source} (stored config)")
+
+
+# --------------------------------------------------------------------------- splits
+def split_trajectories(n_trajectories: int, validation_fraction: float = 0.125, test_fraction: float = 0.25,
+                       seed: int = 0) -> dict[str, list[int]]:
+    """Deterministic, disjoint train / validation / test split of trajectory indices ``0..n-1``.
+
+    The test set gets ``max(1, round(test_fraction * n))`` trajectories, the validation set
+    ``round(validation_fraction * n)`` but at least 1 when ``validation_fraction > 0`` and
+    ``n >= 3``; the training set keeps the rest (at least one). Which trajectories go where
+    is a random permutation seeded by ``seed``; each list is sorted.
+    """
+    n = int(n_trajectories)
+    if n < 2:
+        raise ClosureError(f"dns.trajectories={n}: need at least 2 trajectories to split into train and test")
+    if not (0 <= validation_fraction < 1 and 0 <= test_fraction < 1):
+        raise ClosureError(f"data.validation_fraction={validation_fraction}, data.test_fraction={test_fraction}: "
+                           "fractions must lie in [0, 1)")
+    n_test = max(1, int(round(test_fraction * n)))
+    n_val = int(round(validation_fraction * n))
+    if validation_fraction > 0 and n >= 3:
+        n_val = max(1, n_val)
+    # the training set keeps at least one trajectory: shrink validation first, then test
+    while n - n_test - n_val < 1:
+        if n_val > (1 if validation_fraction > 0 and n >= 3 else 0):
+            n_val -= 1
+        elif n_test > 1:
+            n_test -= 1
+        else:
+            n_val -= 1
+    order = np.random.default_rng(np.random.SeedSequence([int(seed) % 2 ** 63, 0x5B117])).permutation(n)
+    test = sorted(int(i) for i in order[:n_test])
+    val = sorted(int(i) for i in order[n_test:n_test + n_val])
+    train = sorted(int(i) for i in order[n_test + n_val:])
+    return {"train": train, "validation": val, "test": test}

@@ -1,0 +1,304 @@
+"""DNS ensembles -> filtered datasets with exact SGS terms (in-process or on dask.distributed).
+
+For each of ``dns.trajectories`` independent random initial conditions (seeded per
+trajectory by `closure.system.trajectory_seeds`, so values do not depend on how
+trajectories are batched or distributed), the DNS is integrated for
+``dns.spinup_time``, then ``dns.samples`` snapshots are taken every
+``dns.sample_interval``. Each snapshot is filtered and restricted (``P G w``) and
+its exact SGS term computed (`closure.sgs`).
+
+Trajectories are integrated ``dns.batch_size`` at a time (one batch = one task =
+one *part file*, written atomically under ``<output>.parts/``). When every part
+exists they are merged into the final file (atomically) and the part folder is
+removed. Re-running after an interruption skips the finished parts (resume).
+
+    generate(config, output=None, scheduler=None, workers=None, progress=None) -> Path
+
+``scheduler`` attaches to a running dask.distributed scheduler; ``workers=N``
+starts a `LocalCluster` of N single-threaded processes; with neither, the batches
+run one after the other in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time as _time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from closure import dataset as ds_io
+from closure.config import Config, config_from_yaml, config_to_yaml, resolve_device, resolve_dtype
+from closure.errors import ClosureError
+from closure.progress import progress as progress_bar
+
+log = logging.getLogger("closure.generate")
+
+__all__ = ["generate", "simulate_batch", "plan_parts", "default_output", "generation_key"]
+
+
+# --------------------------------------------------------------------------- planning
+def default_output(config: Config) -> Path:
+    """``data/<config file stem>.nc`` (``data/dataset.nc`` for a config not loaded from a file)."""
+    stem = Path(config.source).stem if getattr(config, "source", None) else "dataset"
+    return Path("data") / f"{stem}.nc"
+
+
+def plan_parts(config: Config) -> list[list[int]]:
+    """Trajectory ids of each batch (part): consecutive runs of ``dns.batch_size``."""
+    n, b = config.dns.trajectories, config.dns.batch_size
+    return [list(range(start, min(start + b, n))) for start in range(0, n, b)]
+
+
+def part_name(ids: Sequence[int]) -> str:
+    return f"part-{ids[0]:06d}-{ids[-1]:06d}.nc"
+
+
+def generation_key(config: Config) -> str:
+    """The config sections that determine a dataset's values (for resume checks)."""
+    import json
+
+    d = config.model_dump(mode="json")
+    keep = {k: d[k] for k in ("seed", "dtype", "system", "initial", "les", "data")}
+    keep["dns"] = {k: v for k, v in d["dns"].items() if k != "batch_size"}
+    keep["data"] = {"keep_dns": d["data"]["keep_dns"]}
+    return json.dumps(keep, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- one batch
+@dataclass
+class BatchResult:
+    ids: list[int]
+    times: np.ndarray
+    field: np.ndarray
+    sgs: np.ndarray
+    dns: Optional[np.ndarray]
+
+
+def simulate_batch(config: Config, ids: Sequence[int], device=None,
+                   on_steps: Optional[Callable[[int], None]] = None) -> BatchResult:
+    """Integrate the trajectories ``ids`` together and return their filtered snapshots and SGS terms.
+
+    Raises `ClosureError` naming the trajectory and the model time if the DNS blows up.
+    """
+    from closure.sgs import sgs_hat
+    from closure.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
+
+    ids = [int(i) for i in ids]
+    n_real = len(ids)
+    if n_real == 1 and config.dns.batch_size > 1 and config.system.ndim == 2:
+        # torch's CPU FFT takes another code path for a single 2D transform, with different
+        # roundoff: run a lone leftover trajectory with a copy of itself so that its values are
+        # bitwise those of a batched run (whatever the part it lands in)
+        ids = ids * 2
+    dtype = resolve_dtype(config.dtype)
+    device = resolve_device(config.device) if device is None else torch.device(device)
+    seeds = trajectory_seeds(config, ids)
+    dns = dns_equation(config, dtype=dtype, device=device, seeds=seeds)
+    les = les_equation(config, dtype=dtype, device=device, seeds=seeds)
+    filt = make_filter(config)
+    d = config.dns
+    dt = d.dt
+    stepper = dns.stepper(d.integrator, dt)
+    grid = dns.grid
+    keep = config.data.keep_dns
+
+    with torch.no_grad():
+        w_hat = grid.to_spectral(initial_state(config, grid, seeds).to(device=device, dtype=dtype))
+        fields, sgss, dnss, times = [], [], [], []
+        step = 0
+        # absolute step numbers of the snapshots
+        targets = [d.spinup_steps + j * d.sample_steps for j in range(d.samples)]
+        check_every = 1 if device.type == "cpu" else 20
+        for target in targets:
+            while step < target:
+                w_hat = stepper.step(w_hat, step * dt, None)
+                step += 1
+                if step % check_every == 0 or step == target:
+                    _check_finite(w_hat, ids, step, dt, grid.ndim)
+                if on_steps is not None:
+                    on_steps(1)
+            field_hat, s_hat = sgs_hat(w_hat, dns, les, filt)
+            fields.append(les.grid.to_physical(field_hat).cpu().numpy())
+            sgss.append(les.grid.to_physical(s_hat).cpu().numpy())
+            if keep:
+                dnss.append(grid.to_physical(w_hat).cpu().numpy())
+            times.append(step * dt)
+    stack = lambda xs: np.stack(xs, axis=1)[:n_real]  # noqa: E731  (batch, time, *space)
+    return BatchResult(ids[:n_real], np.asarray(times, dtype=np.float64), stack(fields), stack(sgss),
+                       stack(dnss) if keep else None)
+
+
+def _check_finite(w_hat: torch.Tensor, ids: list[int], step: int, dt: float, ndim: int):
+    dims = tuple(range(-ndim, 0))
+    total = torch.view_as_real(w_hat).sum(dim=-1).sum(dim=dims)
+    bad = ~torch.isfinite(total)
+    if bool(bad.any()):
+        members = torch.nonzero(bad).flatten().tolist()
+        names = ", ".join(str(i) for i in sorted({ids[m] for m in members}))
+        raise ClosureError(f"DNS blew up: trajectory {names} became non-finite at t = {step * dt:.6g} "
+                           f"(step {step}, dns.dt={dt:g}); reduce dns.dt or raise dns.resolution")
+
+
+def _part_dataset(config: Config, result: BatchResult):
+    return ds_io.build_dataset(config, result.field, result.sgs, result.times, result.ids, dns_field=result.dns)
+
+
+def _write_part(config: Config, ids: Sequence[int], path: Path, device=None,
+                on_steps: Optional[Callable[[int], None]] = None) -> Path:
+    result = simulate_batch(config, ids, device=device, on_steps=on_steps)
+    ds = _part_dataset(config, result)
+    ds.attrs["generation_key"] = generation_key(config)
+    ds_io.write(ds, path, complevel=1)
+    return path
+
+
+def _dask_task(config_yaml: str, ids: list[int], path: str) -> str:
+    """One part on a dask worker (single-threaded torch: workers must not oversubscribe the cores)."""
+    torch.set_num_threads(1)
+    config = config_from_yaml(config_yaml, "generate task")
+    _write_part(config, ids, Path(path))
+    return path
+
+
+def _part_written(path: Path) -> None:
+    """Hook called after each part file is written (tests patch it to simulate an interruption)."""
+
+
+# --------------------------------------------------------------------------- resume
+def _part_is_done(path: Path, key: str) -> bool:
+    if not path.is_file():
+        return False
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            stored = ds.attrs.get("generation_key")
+    except Exception:  # a damaged part: regenerate it
+        log.warning("%s: unreadable part file, regenerating it", path)
+        return False
+    if stored != key:
+        raise ClosureError(f"{path}: part file of a different configuration; remove {path.parent} "
+                           "or choose another output")
+    return True
+
+
+# --------------------------------------------------------------------------- main entry
+def generate(config: Config, output=None, *, scheduler: Optional[str] = None, workers: Optional[int] = None,
+             progress: Optional[bool] = None) -> Path:
+    """Generate the dataset of ``config`` into ``output`` (default ``data/<config stem>.nc``).
+
+    ``progress``: None shows a bar on a terminal and log lines otherwise; False is quiet.
+    Returns the path of the final file.
+    """
+    if scheduler is not None and workers is not None:
+        raise ClosureError("give either --scheduler or --workers, not both")
+    if workers is not None and int(workers) < 1:
+        raise ClosureError(f"--workers {workers}: must be at least 1")
+    output = Path(output) if output is not None else default_output(config)
+    if output.suffix != ".nc":
+        raise ClosureError(f"{output}: the dataset file name must end in .nc")
+    if output.is_dir():
+        raise ClosureError(f"{output}: is a directory, expected a dataset file name")
+    resolve_device(config.device)  # fail early on an unavailable device
+    _check_grid(config)
+    parts_dir = output.with_name(output.name + ".parts")
+    parts = plan_parts(config)
+    key = generation_key(config)
+    paths = [parts_dir / part_name(ids) for ids in parts]
+    todo = [(ids, p) for ids, p in zip(parts, paths) if not _part_is_done(p, key)]
+    d = config.dns
+    steps_per_traj = d.spinup_steps + (d.samples - 1) * d.sample_steps
+    n_done = len(parts) - len(todo)
+    log.info("generate %s: %d trajectories x %d snapshots, DNS %d -> LES %d, %d part(s)%s",
+             output, d.trajectories, d.samples, d.resolution, config.les.resolution, len(parts),
+             f" ({n_done} already done)" if n_done else "")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    start = _time.perf_counter()
+    if todo:
+        if scheduler is None and workers is None:
+            _run_in_process(config, todo, steps_per_traj, progress)
+        else:
+            _run_dask(config, todo, scheduler, workers, progress)
+    _merge(config, paths, output)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    log.info("wrote %s (%.1f s)", output, _time.perf_counter() - start)
+    return output
+
+
+def _check_grid(config: Config):
+    if config.system.forcing.type in ("kolmogorov", "guan"):
+        k = config.system.forcing.wavenumber
+        if k >= config.les.resolution // 2:
+            raise ClosureError(f"system.forcing.wavenumber={k} is not resolved by les.resolution="
+                               f"{config.les.resolution}")
+    if config.system.forcing.type == "stochastic" and config.system.forcing.modes >= config.les.resolution // 2:
+        raise ClosureError(f"system.forcing.modes={config.system.forcing.modes} does not fit les.resolution="
+                           f"{config.les.resolution}")
+
+
+def _run_in_process(config: Config, todo, steps_per_traj: int, progress: Optional[bool]):
+    total = sum(len(ids) for ids, _ in todo) * steps_per_traj
+    with progress_bar(total=total, desc="generate", unit="traj-step", enabled=progress) as bar:
+        for ids, path in todo:
+            _write_part(config, ids, path, on_steps=lambda k, n=len(ids): bar.update(k * n))
+            _part_written(path)
+
+
+def _run_dask(config: Config, todo, scheduler: Optional[str], workers: Optional[int], progress: Optional[bool]):
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    try:
+        if scheduler is not None:
+            try:
+                client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise ClosureError(f"--scheduler {scheduler}: cannot connect ({exc.__class__.__name__})") from None
+        else:
+            cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                   dashboard_address=None, host="127.0.0.1")
+            client = Client(cluster)
+        text = config_to_yaml(config)
+        with client:
+            futures = [client.submit(_dask_task, text, ids, str(path), pure=False, key=f"generate-{path.stem}")
+                       for ids, path in todo]
+            n_traj = sum(len(ids) for ids, _ in todo)
+            sizes = {f.key: len(ids) for f, (ids, _) in zip(futures, todo)}
+            with progress_bar(total=n_traj, desc="generate", unit="traj", enabled=progress) as bar:
+                try:
+                    for fut in as_completed(futures):
+                        path = Path(fut.result())
+                        bar.update(sizes[fut.key])
+                        _part_written(path)
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _merge(config: Config, paths: list[Path], output: Path) -> Path:
+    import xarray as xr
+
+    if len(paths) == 1:
+        parts = [xr.open_dataset(paths[0], engine="netcdf4", chunks={})]
+        merged = parts[0]
+    else:
+        parts = [xr.open_dataset(p, engine="netcdf4", chunks={}) for p in paths]
+        merged = xr.concat(parts, dim="trajectory", data_vars="minimal", coords="minimal", compat="override",
+                           join="exact", combine_attrs="override")
+    try:
+        merged.attrs = ds_io.global_attrs(config)
+        ds_io.write(merged, output)
+    finally:
+        for p in parts:
+            p.close()
+    return output
