@@ -1,0 +1,299 @@
+"""A-posteriori evaluation: LES runs against the filtered DNS they started from.
+
+    evaluate(reference, runs, report_dir) -> dict      # {model name: metrics}
+
+``reference`` is the filtered-DNS dataset, ``runs`` the LES files written by
+`closure.les.run_les`. Each run is matched with the reference by trajectory id
+and time (the LES saves at the dataset's sample times): the comparison window is
+the overlap of the run's times with the reference's (a run longer than the
+dataset is evaluated where the reference exists; a shorter one on its own span).
+
+Metrics per model (CONTRACT.md; definitions in `closure.metrics`):
+
+- ``spectrum_error``: time- and trajectory-averaged spectra over the window
+  (the snapshots where the run is finite, the same snapshots of the reference),
+  mean ``|log10 E - log10 E_ref|`` over ``1 <= k <= k_les = n_les/2 - 1``.
+- ``pdf_distance``: Hellinger distance of the field's histograms (vorticity in
+  2D, velocity in 1D) over the same snapshots, on common bins fixed by the
+  reference (`closure.metrics.pdf_edges`).
+- ``decorrelation_time``: first time (since the start) at which the Pearson
+  correlation with the reference falls below 0.95, averaged over trajectories;
+  ``decorrelation_censored`` counts the trajectories that stayed above it for
+  the whole window (their time is the window length).
+- ``blowups``: the number of trajectories that went non-finite
+  (``blowup_times`` lists them).
+- ``similarity``: ``{metric: 1 - d(model) / d(none)}`` with ``d`` the spectrum
+  error, the PDF distance and, for the decorrelation time, the time lost
+  ``window - decorrelation_time`` (all "distances": 0 is perfect, so > 0 beats
+  the no-closure LES and 1 is perfect). Null without a ``none`` run.
+- ``time``, ``energy``, ``enstrophy``: the trajectory-mean series over the
+  window (NaN -> null where every trajectory has blown up);
+  ``correlation``: the trajectory-mean correlation series.
+- ``cost_ratio``: LES wall time per unit model time over the DNS's
+  (`closure.les`); ``speedup`` its inverse; plus the raw timings.
+
+Writes ``metrics.json``, ``metrics.csv``, ``reference.json`` (the filtered
+DNS's series and spectrum), the figures and ``report.md`` (`closure.report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import xarray as xr
+
+from closure import dataset as ds_io
+from closure import metrics as M
+from closure.errors import ClosureError
+
+log = logging.getLogger("closure.evaluate")
+
+__all__ = ["evaluate", "compare", "load_run", "match_times", "SCALAR_KEYS"]
+
+SCALAR_KEYS = ("spectrum_error", "pdf_distance", "decorrelation_time", "blowups")
+
+
+def match_times(run_times: np.ndarray, ref_times: np.ndarray, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(i_run, i_ref)`` of equal times (to ``tol`` relative to the sample interval)."""
+    run_times, ref_times = np.asarray(run_times, float), np.asarray(ref_times, float)
+    scale = float(np.min(np.diff(ref_times))) if ref_times.size > 1 else 1.0
+    i_run, i_ref = [], []
+    for i, t in enumerate(run_times):
+        j = int(np.argmin(np.abs(ref_times - t)))
+        if abs(ref_times[j] - t) <= tol * max(scale, 1e-12) + 1e-12:
+            i_run.append(i)
+            i_ref.append(j)
+    return np.asarray(i_run, dtype=int), np.asarray(i_ref, dtype=int)
+
+
+def load_run(path: Union[str, Path]) -> xr.Dataset:
+    path = Path(path)
+    if not path.is_file():
+        raise ClosureError(f"{path}: LES file not found")
+    try:
+        ds = xr.open_dataset(path, engine="netcdf4")
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ClosureError(f"{path}: not a netCDF file ({exc.__class__.__name__})") from None
+    if "model" not in ds.attrs:
+        raise ClosureError(f"{path}: not an LES output of `closure les` (missing attribute 'model')")
+    return ds_io.validate(ds, str(path))
+
+
+def _mean_series(values: np.ndarray) -> np.ndarray:
+    """Mean over trajectories of (trajectory, time) ignoring NaN; NaN where all are NaN."""
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(values)
+        count = finite.sum(axis=0)
+        total = np.where(finite, values, 0.0).sum(axis=0)
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def compare(field: np.ndarray, ref: np.ndarray, times: np.ndarray, ndim: int, length: float,
+            edges: np.ndarray) -> dict:
+    """The metrics of one run ``field (trajectory, time, *grid)`` against ``ref`` of the same shape."""
+    field = np.asarray(field, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    axes = tuple(range(-ndim, 0))
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = np.all(np.isfinite(field), axis=axes)  # (trajectory, time)
+    t_rel = times - times[0]
+    window = float(t_rel[-1]) if t_rel.size else 0.0
+    out: dict = {}
+    if finite.any():
+        E = M.energy_spectrum(field[finite], ndim, length).mean(axis=0)
+        E_ref = M.energy_spectrum(ref[finite], ndim, length).mean(axis=0)
+        out["spectrum_error"] = M.spectrum_error(E, E_ref)
+        out["pdf_distance"] = M.hellinger(M.histogram(field[finite], edges), M.histogram(ref[finite], edges))
+    else:
+        E = np.full(field.shape[-1] // 2 - 1, np.nan)
+        out["spectrum_error"] = float("nan")
+        out["pdf_distance"] = float("nan")
+    corr = M.pearson(field, ref, ndim)
+    corr = np.where(finite, corr, np.nan)
+    t_d, censored = M.decorrelation_times(corr, t_rel)
+    out["decorrelation_time"] = float(np.mean(t_d))
+    out["decorrelation_censored"] = int(censored.sum())
+    out["window"] = window
+    out["spectrum"] = E
+    with np.errstate(invalid="ignore", over="ignore"):
+        out["energy"] = _mean_series(np.where(finite, M.energy(np.nan_to_num(field), ndim, length), np.nan))
+        out["enstrophy"] = _mean_series(np.where(finite, M.enstrophy(np.nan_to_num(field), ndim, length), np.nan))
+    out["correlation"] = _mean_series(corr)
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _unique_name(name: str, taken: set, path: Path) -> str:
+    if name not in taken:
+        return name
+    candidate = path.stem
+    k = 2
+    while candidate in taken:
+        candidate = f"{path.stem}-{k}"
+        k += 1
+    return candidate
+
+
+def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], report_dir: Union[str, Path],
+             figures: bool = True) -> dict:
+    """Compare each LES run with the filtered DNS ``reference``; write the report; return the metrics."""
+    if not runs:
+        raise ClosureError("evaluate: no LES files given")
+    report_dir = Path(report_dir)
+    ref_ds = ds_io.open_dataset(reference)
+    equation = ref_ds.attrs["equation"]
+    var = ds_io.field_name(equation)
+    ndim = 1 if equation == "burgers_1d" else 2
+    length = float(ref_ds.attrs["length"])
+    ref_times = np.asarray(ref_ds["time"].values, dtype=np.float64)
+    ref_ids = [int(i) for i in np.asarray(ref_ds["trajectory"].values)]
+
+    loaded = []
+    for path in runs:
+        ds = load_run(path)
+        if ds.attrs["equation"] != equation or int(ds.attrs["les_resolution"]) != int(ref_ds.attrs["les_resolution"]):
+            raise ClosureError(f"{path}: LES of {ds.attrs['equation']} at {ds.attrs['les_resolution']} points does not "
+                               f"match the reference ({equation} at {ref_ds.attrs['les_resolution']})")
+        ids = [int(i) for i in np.asarray(ds["trajectory"].values)]
+        missing = [i for i in ids if i not in ref_ids]
+        if missing:
+            raise ClosureError(f"{path}: trajectories {missing} are not in the reference {reference}")
+        i_run, i_ref = match_times(ds["time"].values, ref_times)
+        if i_run.size < 2:
+            raise ClosureError(f"{path}: fewer than two of its snapshot times coincide with the reference's")
+        loaded.append((Path(path), ds, ids, i_run, i_ref))
+
+    # common PDF bins from the reference over every trajectory and time the runs use
+    all_ids = sorted({i for _, _, ids, _, _ in loaded for i in ids})
+    all_ref_t = sorted({int(j) for *_, i_ref in loaded for j in i_ref})
+    ref_sample = np.asarray(ref_ds[var].sel(trajectory=all_ids).isel(time=all_ref_t).values)
+    edges = M.pdf_edges(ref_sample)
+
+    results: dict = {}
+    extras: dict = {}
+    reference_series: dict = {}
+    taken: set = set()
+    for path, ds, ids, i_run, i_ref in loaded:
+        name = _unique_name(str(ds.attrs["model"]), taken, path)
+        taken.add(name)
+        field = np.asarray(ds[var].isel(time=i_run).values)
+        ref = np.asarray(ref_ds[var].sel(trajectory=ids).isel(time=i_ref).values)
+        times = ref_times[i_ref]
+        m = compare(field, ref, times, ndim, length, edges)
+        blow = np.asarray(ds["blowup_time"].values) if "blowup_time" in ds else np.full(len(ids), np.nan)
+        blowups = [{"trajectory": ids[k], "time": float(blow[k])} for k in range(len(ids)) if np.isfinite(blow[k])]
+        # a trajectory that went non-finite without a recorded time (e.g. written by other tools)
+        with np.errstate(invalid="ignore"):
+            nonfinite = ~np.all(np.isfinite(field), axis=tuple(range(1, field.ndim)))
+        for k in np.nonzero(nonfinite)[0]:
+            if not np.isfinite(blow[k]):
+                blowups.append({"trajectory": ids[k], "time": None})
+        cost = float(ds.attrs.get("cost_ratio", float("nan")))
+        results[name] = {
+            "spectrum_error": m["spectrum_error"],
+            "pdf_distance": m["pdf_distance"],
+            "decorrelation_time": m["decorrelation_time"],
+            "blowups": len(blowups),
+            "similarity": None,
+            "cost_ratio": cost,
+            "speedup": (1.0 / cost) if cost and math.isfinite(cost) and cost > 0 else None,
+            "les_seconds_per_model_time": float(ds.attrs.get("les_seconds_per_model_time", float("nan"))),
+            "dns_seconds_per_model_time": float(ds.attrs.get("dns_seconds_per_model_time", float("nan"))),
+            "les_ms_per_step": float(ds.attrs.get("les_ms_per_step", float("nan"))),
+            "decorrelation_censored": m["decorrelation_censored"],
+            "blowup_times": blowups,
+            "trajectories": ids,
+            "window": [float(times[0]), float(times[-1])],
+            "time": times,
+            "energy": m["energy"],
+            "enstrophy": m["enstrophy"],
+            "correlation": m["correlation"],
+            "file": str(path),
+        }
+        extras[name] = {"spectrum": m["spectrum"], "field": field, "ref": ref, "times": times, "ids": ids,
+                        "window": m["window"]}
+        key = tuple(ids), tuple(i_ref.tolist())
+        if key not in reference_series:
+            with np.errstate(invalid="ignore"):
+                reference_series[key] = {
+                    "trajectories": ids, "time": times,
+                    "energy": _mean_series(M.energy(ref, ndim, length)),
+                    "enstrophy": _mean_series(M.enstrophy(ref, ndim, length)),
+                    "spectrum": M.energy_spectrum(ref.reshape((-1,) + ref.shape[2:]), ndim, length).mean(axis=0),
+                }
+        ds.close()
+
+    # similarity against the no-closure LES
+    base = results.get("none")
+    for name, r in results.items():
+        if base is None:
+            r["similarity"] = None
+            continue
+        lost = lambda res, ex: ex["window"] - res["decorrelation_time"]  # noqa: E731
+        r["similarity"] = {
+            "spectrum_error": M.similarity(r["spectrum_error"], base["spectrum_error"]),
+            "pdf_distance": M.similarity(r["pdf_distance"], base["pdf_distance"]),
+            "decorrelation_time": M.similarity(lost(r, extras[name]), lost(base, extras["none"])),
+        }
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    reference_info = {
+        "file": str(reference),
+        "equation": equation,
+        "les_resolution": int(ref_ds.attrs["les_resolution"]),
+        "dns_resolution": int(ref_ds.attrs["dns_resolution"]),
+        "k": M.wavenumbers(int(ref_ds.attrs["les_resolution"])),
+        "series": list(reference_series.values()),
+        "pdf_edges": edges[1:-1],
+        "pdf": M.histogram(ref_sample, edges)[1:-1],
+    }
+    _write_json(report_dir / "metrics.json", results)
+    _write_json(report_dir / "reference.json", reference_info)
+    _write_csv(report_dir / "metrics.csv", results)
+    if figures:
+        from closure import report
+
+        report.write_report(report_dir, results, extras, reference_info, edges, ref_ds.attrs, ndim, length)
+    ref_ds.close()
+    return _jsonable(results)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def _write_csv(path: Path, results: dict) -> None:
+    cols = ["model", "spectrum_error", "pdf_distance", "decorrelation_time", "blowups",
+            "similarity_spectrum_error", "similarity_pdf_distance", "similarity_decorrelation_time",
+            "cost_ratio", "speedup", "les_ms_per_step"]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for name, r in results.items():
+            sim = r["similarity"] or {}
+            row = [name, r["spectrum_error"], r["pdf_distance"], r["decorrelation_time"], r["blowups"],
+                   sim.get("spectrum_error"), sim.get("pdf_distance"), sim.get("decorrelation_time"),
+                   r["cost_ratio"], r["speedup"], r["les_ms_per_step"]]
+            w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in row])
+    tmp.replace(path)
