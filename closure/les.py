@@ -248,8 +248,13 @@ def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: i
 
 
 def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Path],
-            name: Optional[str] = None, show_progress: Optional[bool] = None) -> Path:
-    """Run the coupled LES of ``model`` from the test trajectories of ``data``; write ``output``; return its path."""
+            name: Optional[str] = None, show_progress: Optional[bool] = None,
+            extra_attrs: Optional[dict] = None) -> Path:
+    """Run the coupled LES of ``model`` from the test trajectories of ``data``; write ``output``; return its path.
+
+    ``name`` overrides the ``model`` attribute (default: the baseline name or the run directory's
+    name); ``extra_attrs`` are added to the output's global attributes.
+    """
     from closure.system import les_equation, trajectory_seeds
 
     output = Path(output)
@@ -348,6 +353,7 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
         "device": str(device),
         "torch_threads": int(n_threads),
     })
+    out.attrs.update(extra_attrs or {})
     if blowups:
         log.warning("les %s: %d of %d trajectories blew up: %s", label, len(blowups), len(ids), blowups)
     return write_atomic(out, output)

@@ -1,0 +1,209 @@
+"""The whole experiment in one call: generate -> train -> les -> evaluate.
+
+    pipeline(config, out_dir, config_path=None) -> Path      # the report's report.md
+
+Layout of ``out_dir``::
+
+    config.yaml          the resolved config of the last pipeline run
+    dataset.nc           closure.generate.generate(config, ...)
+    train/               closure.train.train(config, dataset, ...)  (only if run.models needs it)
+    les/<model>.nc       closure.les.run_les(config, model, dataset, ...) for every model in run.models
+    report/              closure.evaluate.evaluate(dataset, les files, ...)
+
+``run.models`` holds baseline names (``none``, ``smagorinsky``,
+``dynamic_smagorinsky``, ``leith``), ``learned`` (the model trained in
+``train/``) or paths of other training run directories.
+
+Resuming: a stage whose outputs exist and were made from the same config (the
+sections that determine them) and from the current inputs is skipped, so an
+interrupted or extended pipeline (another model in ``run.models``, a longer
+``run.time``) redoes only what changed. The dataset is checked with its
+stored config (`closure.generate.generation_key`; generation itself resumes finished parts), the
+training run with its ``config.yaml`` and the LES files with a
+``pipeline_key`` attribute (run section, device, dtype, the dataset's key and
+the model file's size and modification time). The evaluation is always redone
+(it takes seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time as _time
+from pathlib import Path
+from typing import Optional, Union
+
+import yaml
+
+from closure.baselines import is_baseline
+from closure.config import Config, config_to_dict, config_to_yaml
+from closure.errors import ClosureError
+
+log = logging.getLogger("closure.pipeline")
+
+__all__ = ["pipeline", "dataset_is_current", "training_is_current", "les_key"]
+
+TRAIN_SECTIONS = ("seed", "dtype", "system", "initial", "dns", "les", "data", "model", "train")
+
+
+def _say(message: str, *args) -> None:
+    log.info(message, *args)
+
+
+def dataset_is_current(config: Config, path: Path) -> bool:
+    """True if ``path`` is a complete dataset generated from the same values of ``config``."""
+    if not path.is_file():
+        return False
+    from closure.generate import generation_key
+    import xarray as xr
+
+    from closure.dataset import dataset_config
+
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            key = ds.attrs.get("generation_key")
+            if key is None:  # the stored config determines the key just as well
+                key = generation_key(dataset_config(ds))
+    except (OSError, ValueError, RuntimeError, ClosureError):
+        return False
+    return key == generation_key(config)
+
+
+def _relevant(d: dict, sections) -> dict:
+    return {k: d.get(k) for k in sections}
+
+
+def training_is_current(config: Config, run_dir: Path, dataset: Path) -> bool:
+    """True if ``run_dir`` holds a finished model trained with the same config on the current dataset."""
+    model, stored = run_dir / "model.pt", run_dir / "config.yaml"
+    if not (model.is_file() and stored.is_file() and (run_dir / "splits.json").is_file()):
+        return False
+    try:
+        old = yaml.safe_load(stored.read_text())
+    except yaml.YAMLError:
+        return False
+    if not isinstance(old, dict):
+        return False
+    new = config_to_dict(config)
+    if _relevant(old, TRAIN_SECTIONS) != _relevant(new, TRAIN_SECTIONS):
+        return False
+    return model.stat().st_mtime >= dataset.stat().st_mtime
+
+
+def _file_stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime": round(st.st_mtime, 3)}
+
+
+def les_key(config: Config, model: str, dataset: Path, model_dir: Optional[Path]) -> str:
+    """What an LES file depends on, as a JSON string (stored in its ``pipeline_key`` attribute)."""
+    from closure.generate import generation_key
+
+    d = config_to_dict(config)
+    key = {"run": d["run"], "device": d["device"], "dtype": d["dtype"], "data": d["data"], "model": model,
+           "dataset": generation_key(config), "dataset_file": _file_stamp(dataset)}
+    if model_dir is not None:
+        key["model_file"] = _file_stamp(model_dir / "model.pt")
+    key["run"] = {k: v for k, v in key["run"].items() if k != "models"}
+    return json.dumps(key, sort_keys=True)
+
+
+def _les_is_current(path: Path, key: str) -> bool:
+    if not path.is_file():
+        return False
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            return ds.attrs.get("pipeline_key") == key
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def _model_file_name(model: str) -> str:
+    name = Path(model).name if not is_baseline(model) and model != "learned" else model
+    return name.replace("+", "_plus_") + ".nc"
+
+
+def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Union[str, Path]] = None) -> Path:
+    """Run generate -> train -> les -> evaluate into ``out_dir`` (resuming); return ``report/report.md``."""
+    from closure.evaluate import evaluate
+    from closure.generate import generate
+    from closure.les import run_les
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = list(config.run.models)
+    if not models:
+        raise ClosureError("run.models is empty: name at least one model (e.g. none, smagorinsky, learned)")
+    for m in models:
+        if m != "learned" and not is_baseline(m) and not Path(m).is_dir():
+            raise ClosureError(f"run.models: {m!r} is neither a baseline, 'learned' nor a training run directory")
+    (out_dir / "config.yaml").write_text(config_to_yaml(config))
+    timings = {}
+    start_all = _time.perf_counter()
+    source = f" ({config_path})" if config_path else ""
+
+    # ------------------------------------------------------------------ 1. generate
+    dataset = out_dir / "dataset.nc"
+    start = _time.perf_counter()
+    if dataset_is_current(config, dataset):
+        _say("pipeline%s: dataset %s is up to date, skipping generation", source, dataset)
+    else:
+        _say("pipeline%s: [1/4] generate -> %s", source, dataset)
+        generate(config, dataset)
+    timings["generate"] = _time.perf_counter() - start
+
+    # ------------------------------------------------------------------ 2. train
+    run_dir = out_dir / "train"
+    start = _time.perf_counter()
+    if "learned" in models:
+        if training_is_current(config, run_dir, dataset):
+            _say("pipeline: trained model %s is up to date, skipping training", run_dir / "model.pt")
+        else:
+            from closure.train import train
+
+            _say("pipeline: [2/4] train -> %s", run_dir)
+            for stale in ("model.pt", "checkpoint.pt"):
+                (run_dir / stale).unlink(missing_ok=True)
+            train(config, dataset, run_dir)
+    timings["train"] = _time.perf_counter() - start
+
+    # ------------------------------------------------------------------ 3. les
+    les_dir = out_dir / "les"
+    outputs = []
+    start = _time.perf_counter()
+    for m in models:
+        model_arg = str(run_dir) if m == "learned" else m
+        model_dir = Path(model_arg) if not is_baseline(m) else None
+        output = les_dir / _model_file_name(m)
+        key = les_key(config, m, dataset, model_dir)
+        if _les_is_current(output, key):
+            _say("pipeline: LES %s is up to date, skipping", output)
+        else:
+            _say("pipeline: [3/4] les %s -> %s", m, output)
+            name = "learned" if m == "learned" else None
+            run_les(config, model_arg, dataset, output, name=name, extra_attrs={"pipeline_key": key})
+        outputs.append(output)
+    timings["les"] = _time.perf_counter() - start
+
+    # ------------------------------------------------------------------ 4. evaluate
+    start = _time.perf_counter()
+    report_dir = out_dir / "report"
+    _say("pipeline: [4/4] evaluate -> %s", report_dir)
+    metrics = evaluate(dataset, outputs, report_dir)
+    timings["evaluate"] = _time.perf_counter() - start
+    timings["total"] = _time.perf_counter() - start_all
+    (out_dir / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}, indent=1) + "\n")
+    for name, r in metrics.items():
+        sim = r.get("similarity") or {}
+        _say("pipeline: %-22s spectrum_error=%.4g pdf_distance=%.4g decorrelation_time=%.4g blowups=%d "
+             "similarity(spectrum)=%s", name, _nan(r["spectrum_error"]), _nan(r["pdf_distance"]),
+             _nan(r["decorrelation_time"]), r["blowups"], sim.get("spectrum_error"))
+    _say("pipeline: done in %.1f s (%s)", timings["total"],
+         ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k != "total"))
+    return report_dir / "report.md"
+
+
+def _nan(v):
+    return float("nan") if v is None else v
