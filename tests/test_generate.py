@@ -1,0 +1,163 @@
+"""Dataset generation: values, batching/dask independence, resume, blow-ups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from closure import generate as gen
+from closure.config import config_from_dict
+from closure.dataset import dataset_config, open_dataset
+from closure.errors import ClosureError
+from closure.sgs import filtered_field_and_sgs
+from closure.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
+
+
+def _load(path):
+    ds = open_dataset(path).load()
+    ds.close()
+    return ds
+
+
+def _assert_same_values(a, b):
+    assert set(a.data_vars) == set(b.data_vars)
+    for v in a.data_vars:
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+    np.testing.assert_array_equal(a["trajectory"].values, b["trajectory"].values)
+    np.testing.assert_array_equal(a["time"].values, b["time"].values)
+
+
+def test_values_match_a_direct_simulation(tmp_path, tiny_config):
+    tiny_config["dtype"] = "float64"
+    tiny_config["dns"]["trajectories"] = 2
+    config = config_from_dict(tiny_config)
+    path = gen.generate(config, tmp_path / "d.nc", progress=False)
+    ds = _load(path)
+    seeds = trajectory_seeds(config, [0, 1])
+    dns = dns_equation(config, torch.float64, "cpu", seeds)
+    les = les_equation(config, torch.float64, "cpu", seeds)
+    d = config.dns
+    traj = dns.simulate(initial_state(config, dns.grid, seeds), dt=d.dt,
+                        steps=d.spinup_steps + (d.samples - 1) * d.sample_steps, save_every=d.sample_steps)
+    snaps = traj[:, d.spinup_steps // d.sample_steps:]
+    assert snaps.shape[1] == d.samples
+    flat = snaps.reshape(-1, *dns.grid.shape)
+    field, sgs = filtered_field_and_sgs(flat, dns, les, make_filter(config))
+    np.testing.assert_allclose(ds["omega"].values, field.reshape(ds["omega"].shape).numpy(), atol=1e-10)
+    np.testing.assert_allclose(ds["sgs"].values, sgs.reshape(ds["sgs"].shape).numpy(), atol=1e-9)
+    np.testing.assert_allclose(ds["omega_dns"].values, snaps.numpy(), atol=1e-10)
+    assert ds["omega"].dtype == np.float64
+
+
+def test_batch_size_does_not_change_values(tmp_path, tiny_config, tiny_dataset):
+    tiny_config["dns"]["batch_size"] = 4  # parts of 4 + 2 instead of 3 + 3
+    other = gen.generate(config_from_dict(tiny_config), tmp_path / "b.nc", progress=False)
+    _assert_same_values(_load(tiny_dataset), _load(other))
+    tiny_config["dns"]["batch_size"] = 5  # a lone leftover trajectory
+    other = gen.generate(config_from_dict(tiny_config), tmp_path / "c.nc", progress=False)
+    _assert_same_values(_load(tiny_dataset), _load(other))
+
+
+def test_burgers_stochastic_dataset(tiny_burgers_dataset):
+    ds = _load(tiny_burgers_dataset)
+    config = dataset_config(ds)
+    assert ds["u"].dims == ("trajectory", "time", "x") and ds["u_dns"].dims == ("trajectory", "time", "x_dns")
+    assert ds.sizes["x"] == config.les.resolution and ds["u"].dtype == np.float64
+    assert np.isfinite(ds["sgs"].values).all()
+    # independent forcing and initial fields per trajectory
+    assert not np.allclose(ds["u"].values[0], ds["u"].values[1])
+
+
+def test_resume_after_interruption_gives_the_same_dataset(tmp_path, tiny_config, tiny_dataset, monkeypatch):
+    tiny_config["dns"]["batch_size"] = 2
+    config = config_from_dict(tiny_config)
+    out = tmp_path / "r.nc"
+    written = []
+
+    def interrupt(path):
+        written.append(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gen, "_part_written", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate(config, out, progress=False)
+    parts = sorted((tmp_path / "r.nc.parts").glob("part-*.nc"))
+    assert [p.name for p in parts] == ["part-000000-000001.nc"] and not out.exists()
+    first_part_time = parts[0].stat().st_mtime_ns
+
+    calls = []
+    monkeypatch.setattr(gen, "_part_written", lambda path: calls.append(Path(path).name))
+    gen.generate(config, out, progress=False)
+    assert calls == ["part-000002-000003.nc", "part-000004-000005.nc"]  # the finished part was skipped
+    assert not (tmp_path / "r.nc.parts").exists()
+    _assert_same_values(_load(tiny_dataset), _load(out))
+    assert first_part_time  # (the kept part was reused, not rewritten)
+
+
+def test_resume_refuses_parts_of_another_config(tmp_path, tiny_config, monkeypatch):
+    tiny_config["dns"]["trajectories"] = 4
+    tiny_config["dns"]["batch_size"] = 2
+    out = tmp_path / "r.nc"
+    monkeypatch.setattr(gen, "_part_written", lambda path: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate(config_from_dict(tiny_config), out, progress=False)
+    monkeypatch.setattr(gen, "_part_written", lambda path: None)
+    tiny_config["system"]["viscosity"] = 2e-2
+    with pytest.raises(ClosureError, match="different configuration"):
+        gen.generate(config_from_dict(tiny_config), out, progress=False)
+
+
+def test_blowup_names_trajectory_and_time_and_keeps_parts(tmp_path, tiny_config):
+    tiny_config["dns"].update(trajectories=4, batch_size=2, dt=0.2, spinup_time=2.0, sample_interval=0.2)
+    tiny_config["initial"]["energy"] = 200.0
+    tiny_config["system"]["viscosity"] = 1e-4
+    config = config_from_dict(tiny_config)
+    with pytest.raises(ClosureError, match=r"trajectory [0-9, ]+ became non-finite at t = [0-9.]+"):
+        gen.generate(config, tmp_path / "x.nc", progress=False)
+    assert not (tmp_path / "x.nc").exists()
+
+
+def test_default_output_uses_the_config_file_stem(tmp_path, tiny_config, monkeypatch):
+    import yaml
+
+    from closure.config import load_config
+
+    tiny_config["dns"]["trajectories"] = 2
+    cfg = tmp_path / "myexp.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config))
+    monkeypatch.chdir(tmp_path)
+    path = gen.generate(load_config(cfg), progress=False)
+    assert path == Path("data") / "myexp.nc" and (tmp_path / "data" / "myexp.nc").is_file()
+
+
+def test_keep_dns_false_has_no_dns_variables(tmp_path, tiny_config):
+    tiny_config["data"]["keep_dns"] = False
+    tiny_config["dns"]["trajectories"] = 2
+    ds = _load(gen.generate(config_from_dict(tiny_config), tmp_path / "k.nc", progress=False))
+    assert set(ds.data_vars) == {"omega", "sgs"} and "x_dns" not in ds.coords
+
+
+def test_dask_local_cluster_matches_in_process(tmp_path, tiny_config, tiny_dataset):
+    """Two worker processes (1 thread each, loopback) give bitwise the in-process values."""
+    config = config_from_dict(tiny_config)
+    path = gen.generate(config, tmp_path / "dask.nc", workers=2, progress=False)
+    _assert_same_values(_load(tiny_dataset), _load(path))
+
+
+def test_scheduler_and_workers_are_exclusive(tmp_path, tiny_config):
+    with pytest.raises(ClosureError, match="either"):
+        gen.generate(config_from_dict(tiny_config), tmp_path / "x.nc", scheduler="tcp://127.0.0.1:1", workers=2)
+
+
+@pytest.mark.slow
+def test_dask_scheduler_address(tmp_path, tiny_config, tiny_dataset):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster:
+        path = gen.generate(config_from_dict(tiny_config), tmp_path / "s.nc", scheduler=cluster.scheduler_address,
+                            progress=False)
+    _assert_same_values(_load(tiny_dataset), _load(path))
