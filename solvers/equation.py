@@ -27,11 +27,23 @@ Closure = Callable[[torch.Tensor], torch.Tensor]
 __all__ = ["SpectralEquation", "Closure"]
 
 
+def _accumulate(out: torch.Tensor, term: torch.Tensor, owned: bool) -> torch.Tensor:
+    """``out + term``; in place in ``out`` when ``out`` is a fresh tensor we own
+    and autograd is not recording (same result, one temporary fewer)."""
+    if (not owned or (torch.is_grad_enabled() and (out.requires_grad or term.requires_grad))
+            or out.dtype != torch.result_type(out, term) or out.shape != torch.broadcast_shapes(out.shape, term.shape)):
+        return out + term
+    return out.add_(term)
+
+
 class SpectralEquation:
     """Base class of the pseudo-spectral equations (batched, any device and float dtype)."""
 
     ndim: int = 0
     field_name: str = "w"
+    # True when `nonlinear_hat` always returns a fresh tensor (never a view of
+    # its input or a cached tensor), so that `explicit_hat` may add to it in place.
+    _owns_nonlinear: bool = False
 
     def __init__(self, n: int, viscosity: float, drag: float = 0.0, forcing: Optional[Forcing] = None,
                  length: float = 2 * math.pi, dtype: torch.dtype = torch.float32, device=None):
@@ -87,12 +99,13 @@ class SpectralEquation:
                      closure: Optional[Closure] = None) -> torch.Tensor:
         """``N(w) + f(t) + closure(w)`` in spectral space (the explicitly treated part)."""
         out = self.nonlinear_hat(state_hat)
+        owned = self._owns_nonlinear
         f = self.forcing_hat(t)
         if f is not None:
-            out = out + f
+            out, owned = _accumulate(out, f, owned), True
         if closure is not None:
             state = self.grid.to_physical(state_hat)
-            out = out + self.grid.to_spectral(closure(state))
+            out = _accumulate(out, self.grid.to_spectral(closure(state)), owned)
         return out
 
     def linear_hat(self, state_hat: torch.Tensor) -> torch.Tensor:

@@ -75,8 +75,38 @@ def etdrk4_coefficients(linear: torch.Tensor, dt: float, contour_points: int = 3
     return {name: c[inverse].reshape(linear.shape).to(linear.dtype) for name, c in coeffs.items()}
 
 
+def _recording(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records operations on any of ``tensors``."""
+    return torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
+
+
+def _can_fuse(equation, w: torch.Tensor, Fw: torch.Tensor, coefficient: torch.Tensor) -> bool:
+    """Whether a step may take the fused in-place path: autograd not recording,
+    an equation whose explicit term is always a fresh tensor, matching dtypes/shapes."""
+    return (getattr(equation, "_owns_nonlinear", False) and not _recording(w, Fw)
+            and w.is_complex() and Fw.dtype == w.dtype and Fw.shape == w.shape
+            and torch.view_as_real(w.new_empty(0)).dtype == coefficient.dtype)
+
+
+def _real(x: torch.Tensor) -> torch.Tensor:
+    """The real view ``(..., 2)`` of a complex tensor (a copy only for a lazy conjugate)."""
+    return torch.view_as_real(x.resolve_conj())
+
+
+def _real_coefficient(c: torch.Tensor) -> torch.Tensor:
+    """A real diagonal coefficient shaped to broadcast against `_real` views."""
+    return c.unsqueeze(-1).contiguous()
+
+
 class ETDRK4:
-    """One ETDRK4 step (Cox & Matthews 2002) of ``w_t = L w + F(w, t)`` in spectral space."""
+    """One ETDRK4 step (Cox & Matthews 2002) of ``w_t = L w + F(w, t)`` in spectral space.
+
+    When autograd does not record the step (no grad mode, or neither the state
+    nor the explicit term requires grad) the linear combinations run as fused
+    in-place real multiply-adds on the real views of the spectral fields (no
+    real-to-complex promotion of the coefficients, few temporaries); otherwise
+    the plain differentiable expressions are used. Both compute the same sums.
+    """
 
     order = 4
 
@@ -85,11 +115,16 @@ class ETDRK4:
         c = etdrk4_coefficients(equation.linear, self.dt)
         self.E, self.E2, self.Q = c["E"], c["E2"], c["Q"]
         self.f1, self.f2, self.f3 = c["f1"], c["f2"], c["f3"]
+        self._fused = {name: _real_coefficient(x) for name, x in
+                       (("E", self.E), ("E2", self.E2), ("Q", self.Q), ("f1", self.f1),
+                        ("f2x2", 2 * self.f2), ("f3", self.f3))}
 
     def step(self, w: torch.Tensor, t: float, closure: Optional[Callable] = None) -> torch.Tensor:
         F = self.equation.explicit_hat
         h = self.dt
         Nw = F(w, t, closure)
+        if _can_fuse(self.equation, w, Nw, self.E):
+            return self._fused_step(w, Nw, t, closure)
         E2w = self.E2 * w
         a = E2w + self.Q * Nw
         Na = F(a, t + h / 2, closure)
@@ -98,6 +133,21 @@ class ETDRK4:
         c = self.E2 * a + self.Q * (2 * Nb - Nw)
         Nc = F(c, t + h, closure)
         return self.E * w + self.f1 * Nw + 2 * self.f2 * (Na + Nb) + self.f3 * Nc
+
+    def _fused_step(self, w: torch.Tensor, Nw: torch.Tensor, t: float, closure) -> torch.Tensor:
+        """The same step with in-place real multiply-adds (autograd not recording)."""
+        F, h, k = self.equation.explicit_hat, self.dt, self._fused
+        wr, Nwr = _real(w), _real(Nw)
+        e2w = wr * k["E2"]
+        a = torch.addcmul(e2w, Nwr, k["Q"])                     # a = E2 w + Q N(w)
+        Na = _real(F(torch.view_as_complex(a), t + h / 2, closure))
+        b = e2w.addcmul_(Na, k["Q"])                            # b = E2 w + Q N(a)
+        Nb = _real(F(torch.view_as_complex(b), t + h / 2, closure))
+        c = a.mul_(k["E2"]).addcmul_(Nb, k["Q"], value=2).addcmul_(Nwr, k["Q"], value=-1)
+        Nc = _real(F(torch.view_as_complex(c), t + h, closure))  # c = E2 a + Q (2 N(b) - N(w))
+        out = wr * k["E"]
+        out.addcmul_(Nwr, k["f1"]).addcmul_(Na.add_(Nb), k["f2x2"]).addcmul_(Nc, k["f3"])
+        return torch.view_as_complex(out)
 
 
 # ---------------------------------------------------------------------------- CN-RK4
@@ -130,14 +180,24 @@ class CrankNicolsonRK4:
                 ((1 + mu * lin) / denom).to(equation.linear.dtype),
                 (_CK_GAMMAS[k] * self.dt / denom).to(equation.linear.dtype),
             ))
+        self._fused = [(_real_coefficient(A), _real_coefficient(B)) for _, _, A, B in self.stages]
 
     def step(self, w: torch.Tensor, t: float, closure: Optional[Callable] = None) -> torch.Tensor:
         F = self.equation.explicit_hat
         h = None
-        for alpha, beta, A, B in self.stages:
+        owned = False  # whether w is a temporary of this step (may be updated in place)
+        for (alpha, beta, A, B), (Ar, Br) in zip(self.stages, self._fused):
             Fw = F(w, t + alpha * self.dt, closure)
+            if _can_fuse(self.equation, w, Fw, A):
+                # fused, in place on real views: h <- F + beta h; w <- A w + B h
+                h = Fw if h is None else Fw.add_(h, alpha=beta)
+                wr = _real(w)
+                w = torch.view_as_complex((wr.mul_(Ar) if owned else wr * Ar).addcmul_(_real(h), Br))
+                owned = True
+                continue
             h = Fw if h is None else Fw + beta * h
             w = A * w + B * h
+            owned = False
         return w
 
 
