@@ -1,0 +1,165 @@
+"""The coupled LES runner: schema, start from the filtered DNS, blow-up handling, learned models, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import solvers
+from closure import dataset as ds_io
+from closure.config import config_from_dict
+from closure.errors import ClosureError
+from closure.les import integrate, run_les, time_dns
+
+
+def _config(raw, **run):
+    raw = dict(raw)
+    raw["run"] = dict(raw["run"], **run)
+    return config_from_dict(raw)
+
+
+def test_run_les_writes_the_dataset_schema(tiny_config, tiny_dataset, tmp_path):
+    config = _config(tiny_config)
+    ref = ds_io.open_dataset(tiny_dataset)
+    test = ds_io.split_trajectories(ref.sizes["trajectory"], config.data.validation_fraction,
+                                    config.data.test_fraction, config.seed)["test"]
+    for model in ("none", "smagorinsky"):
+        path = run_les(config, model, tiny_dataset, tmp_path / f"{model}.nc", show_progress=False)
+        out = ds_io.open_dataset(path)  # validated against the contract's schema
+        assert out.attrs["model"] == model
+        assert tuple(out["omega"].dims) == ("trajectory", "time", "y", "x")
+        assert list(out["trajectory"].values) == [int(ref["trajectory"].values[i]) for i in test]
+        saves = int(round(config.run.time / config.dns.sample_interval))
+        np.testing.assert_allclose(out["time"].values, ref["time"].values[:saves + 1], atol=1e-9)
+        # starts from the filtered DNS field
+        np.testing.assert_array_equal(out["omega"].isel(time=0).values,
+                                      ref["omega"].isel(trajectory=test, time=0).values)
+        assert np.all(np.isfinite(out["omega"].values))
+        assert np.all(np.isnan(out["blowup_time"].values))
+        assert json.loads(out.attrs["blowups"]) == []
+        assert out.attrs["cost_ratio"] > 0 and out.attrs["les_seconds_per_model_time"] > 0
+        assert out.attrs["dt"] == config.run.dt
+        assert out["omega"].dtype == np.float32
+        if model == "none":
+            assert np.all(out["sgs"].values == 0)
+        else:
+            assert np.any(out["sgs"].values != 0)
+        out.close()
+    ref.close()
+
+
+def test_les_matches_the_solver_run_directly(tiny_config, tiny_dataset, tmp_path):
+    """The saved snapshots are the LES solver's states at the sample times (no-closure case)."""
+    from closure.system import les_equation
+
+    config = _config(tiny_config)
+    path = run_les(config, "none", tiny_dataset, tmp_path / "none.nc", show_progress=False)
+    out = xr.open_dataset(path)
+    eq = les_equation(config, dtype=torch.float32)
+    w0 = torch.as_tensor(out["omega"].isel(time=0).values)
+    steps = int(round(config.dns.sample_interval / config.run.dt))
+    traj = eq.simulate(w0, dt=config.run.dt, steps=2 * steps, save_every=steps,
+                       time=float(out["time"].values[0]), method=config.run.integrator)
+    np.testing.assert_allclose(out["omega"].values, traj.numpy(), rtol=1e-5, atol=1e-5)
+    out.close()
+
+
+def test_blowup_is_dropped_and_the_others_continue():
+    """One member explodes; it is recorded and NaN-filled, the others equal a run without it."""
+    forcing = solvers.StochasticBurgers([11, 12, 13], amplitude=0.1, interval=0.05)
+    eq = solvers.Burgers1D(32, viscosity=0.02, forcing=forcing, dtype=torch.float64)
+    u0 = solvers.random_velocity(eq.grid, [1, 2, 3], peak_wavenumber=3, energy=0.2)
+    u0[1] *= 200.0
+
+    def cubic(u):  # du/dt = u^3: finite-time blow-up, immediate for the amplified member
+        return u ** 3
+
+    res = integrate(eq, cubic, u0, dt=0.01, save_every=5, saves=4, t0=0.3, show_progress=False)
+    assert np.isfinite(res.blowup_time[1]) and 0.3 < res.blowup_time[1] <= 0.3 + 0.05 + 1e-12
+    assert np.all(np.isnan(res.blowup_time[[0, 2]]))
+    assert np.all(np.isnan(res.field[1, 1:])) and np.all(np.isfinite(res.field[1, 0]))
+    assert np.all(np.isfinite(res.field[[0, 2]]))
+    # the survivors are exactly the run without the exploding member (its forcing dropped too)
+    eq2 = solvers.Burgers1D(32, viscosity=0.02, forcing=solvers.StochasticBurgers([11, 13], amplitude=0.1,
+                                                                                   interval=0.05),
+                            dtype=torch.float64)
+    ref = integrate(eq2, cubic, u0[[0, 2]], dt=0.01, save_every=5, saves=4, t0=0.3, show_progress=False)
+    np.testing.assert_allclose(res.field[[0, 2]], ref.field, rtol=1e-12, atol=1e-12)
+
+
+def test_blowups_are_recorded_in_the_output(tiny_config, tiny_dataset, tmp_path, monkeypatch):
+    """Through run_les: a closure that explodes every trajectory leaves NaN snapshots and blow-up times."""
+    import closure.les as les_module
+    from closure.baselines import Closure
+
+    class Explode(Closure):
+        def forward(self, state):
+            return 1e3 * state ** 3
+
+    monkeypatch.setattr(les_module, "make_closure", lambda *a, **k: Explode())
+    config = _config(tiny_config, time=0.3)
+    path = run_les(config, "none", tiny_dataset, tmp_path / "bad.nc", name="explode", show_progress=False)
+    out = xr.open_dataset(path)
+    blow = out["blowup_time"].values
+    assert np.all(np.isfinite(blow))
+    assert len(json.loads(out.attrs["blowups"])) == out.sizes["trajectory"]
+    assert np.all(np.isnan(out["omega"].isel(time=-1).values))
+    assert out.attrs["model"] == "explode"
+    out.close()
+
+
+def test_learned_run_directory(tiny_config, tiny_dataset, tmp_path):
+    from closure.nn import build_model, save_model
+
+    config = _config(tiny_config)
+    run_dir = tmp_path / "my-run"
+    run_dir.mkdir()
+    model = build_model(config.model, 2, length=config.system.length)
+    save_model(run_dir / "model.pt", model)
+    (run_dir / "splits.json").write_text(json.dumps({"train": [0, 1, 4], "validation": [5], "test": [2, 3]}))
+    path = run_les(config, str(run_dir), tiny_dataset, tmp_path / "learned.nc", show_progress=False)
+    out = xr.open_dataset(path)
+    assert out.attrs["model"] == "my-run"
+    assert list(out["trajectory"].values) == [2, 3]  # the run's own test split
+    with torch.no_grad():
+        expected = model(torch.as_tensor(out["omega"].isel(time=0).values))
+    np.testing.assert_allclose(out["sgs"].isel(time=0).values, expected.numpy(), rtol=1e-5, atol=1e-6)
+    out.close()
+    path = run_les(config, str(run_dir), tiny_dataset, tmp_path / "learned2.nc", name="learned",
+                   show_progress=False)
+    with xr.open_dataset(path) as out:
+        assert out.attrs["model"] == "learned"
+
+
+def test_burgers_les_with_stochastic_forcing(tiny_burgers_config, tiny_burgers_dataset, tmp_path):
+    config = _config(tiny_burgers_config)
+    path = run_les(config, "dynamic_smagorinsky", tiny_burgers_dataset, tmp_path / "b.nc", show_progress=False)
+    out = ds_io.open_dataset(path)
+    assert tuple(out["u"].dims) == ("trajectory", "time", "x")
+    assert out["u"].dtype == np.float64
+    assert np.all(np.isfinite(out["u"].values))
+    out.close()
+
+
+def test_run_les_errors(tiny_config, tiny_dataset, tmp_path):
+    with pytest.raises(ClosureError, match="viscosity"):
+        raw = dict(tiny_config, system=dict(tiny_config["system"], viscosity=0.5))
+        run_les(config_from_dict(raw), "none", tiny_dataset, tmp_path / "x.nc")
+    with pytest.raises(ClosureError, match="run.dt"):
+        run_les(_config(tiny_config, dt=0.03), "none", tiny_dataset, tmp_path / "x.nc")
+    with pytest.raises(ClosureError, match="neither"):
+        run_les(_config(tiny_config), "no-such-model", tiny_dataset, tmp_path / "x.nc")
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    with pytest.raises(ClosureError, match="model.pt"):
+        run_les(_config(tiny_config), str(empty), tiny_dataset, tmp_path / "x.nc")
+    assert not (tmp_path / "x.nc").exists()
+
+
+def test_time_dns_is_positive(tiny_config):
+    config = config_from_dict(tiny_config)
+    assert time_dns(config, 2, torch.device("cpu"), torch.float32, max_steps=2) > 0
