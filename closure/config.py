@@ -181,9 +181,13 @@ class TrainConfig(Section):
     weight_decay: NonNegativeFloat = 0.0
     bf16: bool = False
     # a-posteriori (solver-in-the-loop) training
-    unroll_steps: PositiveInt = 8
-    unroll_max_steps: PositiveInt = 32
-    checkpoint_every: PositiveInt = 1
+    unroll_steps: PositiveInt = 8          # first unroll length (LES steps); doubles every epoch
+    unroll_max_steps: PositiveInt = 32     # longest unroll (LES steps)
+    unroll_batch: PositiveInt = 4          # windows per optimizer step
+    windows_per_epoch: PositiveInt = 32
+    spectral_loss: NonNegativeFloat = 0.0  # weight of the log-spectrum term
+    checkpoint_every: PositiveInt = 1      # epochs between training checkpoints
+    gradient_checkpoint: PositiveInt = 1   # LES steps per recomputed group in unrolled gradients
 
 
 class RunConfig(Section):

@@ -77,8 +77,11 @@ def dns_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequ
     return _equation(config, config.dns.resolution, make_forcing(config, seeds), dtype, device)
 
 
-def les_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequence[int]] = None):
-    base = make_forcing(config, seeds)
+def les_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequence[int]] = None,
+                 unforced: bool = False):
+    """The LES equation with the filtered forcing ``P G f``; ``unforced=True`` leaves the forcing
+    out (for closures and diagnostics that only need the LES grid and operators)."""
+    base = None if unforced else make_forcing(config, seeds)
     forcing = None if base is None else FilteredForcing(base, make_filter(config))
     return _equation(config, config.les.resolution, forcing, dtype, device)
 

@@ -136,3 +136,177 @@ def is_blowup(loss: torch.Tensor) -> torch.Tensor:
 
 
 _ = math  # (kept for docstring math references)
+
+
+# =============================================================================== training driver
+def _windows(n_snapshots: int, samples: int, trajectories, generator: torch.Generator, count: int,
+             same_start: bool = False):
+    """``count`` random (trajectory index, start snapshot) pairs whose windows fit the data
+    (``same_start``: one start for all, for time-dependent forcing shared by the batch)."""
+    starts = n_snapshots - samples
+    if starts < 1:
+        raise ValueError(f"a window of {samples} samples needs more than {n_snapshots} snapshots")
+    traj = torch.tensor(list(trajectories))
+    pick = torch.randint(len(traj), (count,), generator=generator)
+    start = torch.randint(starts, (1 if same_start else count,), generator=generator).expand(count)
+    return [(int(traj[i]), int(s)) for i, s in zip(pick, start)]
+
+
+def _fixed_windows(n_snapshots: int, samples: int, trajectories, per_trajectory: int = 2):
+    starts = max(n_snapshots - samples, 1)
+    offsets = sorted({int(round(j * (starts - 1) / max(per_trajectory - 1, 1))) for j in range(per_trajectory)})
+    return [(int(i), s) for i in trajectories for s in offsets]
+
+
+def _load_windows(ds, name: str, windows, samples: int, dtype, device) -> torch.Tensor:
+    import numpy as np
+
+    arrays = [np.asarray(ds[name].isel(trajectory=i, time=slice(s, s + samples + 1)).values) for i, s in windows]
+    return torch.from_numpy(np.stack(arrays)).to(device=device, dtype=dtype)
+
+
+def _window_equation(config, windows, ids, dtype, device, cache: dict):
+    """The LES equation for a batch of windows (per-trajectory seeds for random forcing)."""
+    from closure.system import les_equation, trajectory_seeds
+
+    if config.system.forcing.type != "stochastic":
+        if "steady" not in cache:
+            cache["steady"] = les_equation(config, dtype=dtype, device=device)
+        return cache["steady"]
+    return les_equation(config, dtype=dtype, device=device,
+                        seeds=trajectory_seeds(config, [ids[i] for i, _ in windows]))
+
+
+def curriculum(epoch: int, first: int, last: int, per_sample: int) -> int:
+    """Snapshots per window at ``epoch``: the unroll length doubles each epoch from ``first`` to ``last``
+    solver steps, rounded to whole samples (at least one)."""
+    steps = min(last, first * 2 ** epoch)
+    return max(1, steps // per_sample)
+
+
+def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled=None) -> "Path":
+    """Fine-tune (``init``) or train a closure through the LES solver; writes a run directory
+    in the a-priori layout (model.pt, config.yaml, splits.json, history.csv, metrics.json)."""
+    import json
+    import time as _time
+    from pathlib import Path
+
+    from closure.config import config_to_yaml, resolve_device, resolve_dtype
+    from closure.dataset import dataset_config, split_trajectories
+    from closure.errors import ClosureError
+    from closure.nn import build_model, param_groups
+    from closure.progress import log, progress
+    from closure.streaming import closure_core, dataset_statistics, field_variable
+    from closure.train import (_as_config, _finish, _load_init, _open, _plot_history, _seed_everything,
+                               _write_text, check_dataset, default_run_dir, learning_rate_factor)
+
+    config = _as_config(config)
+    tc, dtype, device = config.train, resolve_dtype(config.dtype), resolve_device(config.device)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    ds = _open(data)
+    check_dataset(config, ds)
+    source = str(ds.encoding.get("source", data))
+    name = field_variable(ds)
+    try:
+        per_sample = steps_per_sample(dataset_config(ds).dns.sample_interval, config.run.dt)
+    except ValueError as err:
+        raise ClosureError(f"{source}: {err}") from None
+    n_snap = ds.sizes["time"]
+    splits = split_trajectories(ds.sizes["trajectory"], config.data.validation_fraction,
+                                config.data.test_fraction, config.seed)
+    ids = [int(v) for v in ds["trajectory"].values]
+    times = [float(v) for v in ds["time"].values]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    splits_doc = dict(splits, dataset=source, **{f"{k}_ids": [ids[i] for i in v] for k, v in splits.items()})
+    _write_text(run_dir / "splits.json", json.dumps(splits_doc, indent=2) + "\n")
+    _write_text(run_dir / "config.yaml", config_to_yaml(config))
+
+    _seed_everything(config.seed)
+    if init is not None:
+        model = _load_init(init, device, dtype)
+    else:
+        model = build_model(config.model, config.system.ndim, length=config.system.length, dtype=dtype, device=device)
+        stats = dataset_statistics(ds, splits["train"])
+        core = closure_core(model)
+        with torch.no_grad():
+            core.input_mean.fill_(stats["field_mean"]); core.input_std.fill_(max(stats["field_std"], 1e-12))
+            core.output_mean.fill_(stats["sgs_mean"]); core.output_std.fill_(max(stats["sgs_std"], 1e-12))
+    model.train()
+    groups = param_groups(model, tc.lr, tc.optimizer)
+    optimizer = (torch.optim.SGD(groups, lr=tc.lr) if tc.optimizer == "sgd" else torch.optim.Adam(groups, lr=tc.lr))
+    steps_per_epoch = max(1, tc.windows_per_epoch // tc.unroll_batch)
+    total = steps_per_epoch * tc.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(tc.schedule, s, total))
+    generator = torch.Generator().manual_seed(config.seed)
+    cache: dict = {}
+    max_samples = min(curriculum(10 ** 6, tc.unroll_steps, tc.unroll_max_steps, per_sample), n_snap - 1)
+    val_windows = _fixed_windows(n_snap, max_samples, splits["validation"] or splits["train"])
+
+    def losses(windows, samples, grad: bool):
+        ref = _load_windows(ds, name, windows, samples, dtype, device)
+        eq = _window_equation(config, windows, ids, dtype, device, cache)
+        with torch.set_grad_enabled(grad):
+            per = window_loss(eq, model, ref, config.run.dt, per_sample, time=times[windows[0][1]],
+                              method=config.run.integrator, checkpoint_every=tc.gradient_checkpoint,
+                              spectral_weight=tc.spectral_loss)
+        return per
+
+    def validation() -> tuple[float, int]:
+        model.eval()
+        vals = [losses([w], max_samples, False) for w in val_windows]
+        model.train()
+        per = torch.cat(vals)
+        ok = ~is_blowup(per)
+        return (float(per[ok].mean()) if ok.any() else float("inf")), int((~ok).sum())
+
+    history, best = [], (float("inf"), None, 0)
+    skipped_total, t_start = 0, _time.time()
+    with progress(total=total, desc="train (a-posteriori)", unit="batch", enabled=progress_enabled) as bar:
+        for epoch in range(tc.epochs):
+            samples = min(curriculum(epoch, tc.unroll_steps, tc.unroll_max_steps, per_sample), n_snap - 1)
+            t0, acc, count, skipped = _time.time(), 0.0, 0, 0
+            for _ in range(steps_per_epoch):
+                windows = _windows(n_snap, samples, splits["train"], generator, tc.unroll_batch,
+                                   same_start=config.system.forcing.type == "stochastic")
+                per = losses(windows, samples, True)
+                bad = is_blowup(per)
+                skipped += int(bad.sum())
+                bar.update(1)
+                if bad.all():
+                    continue
+                loss = per[~bad].mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                acc += float(loss.detach()) * int((~bad).sum())
+                count += int((~bad).sum())
+                bar.set_postfix(loss=acc / max(count, 1), K=samples * per_sample)
+            val, val_blown = validation()
+            skipped_total += skipped
+            history.append({"epoch": epoch + 1, "train_loss": acc / max(count, 1), "validation_loss": val,
+                            "lr_factor": learning_rate_factor(tc.schedule, scheduler.last_epoch, total),
+                            "samples": count, "seconds": round(_time.time() - t0, 4),
+                            "samples_per_second": count / max(_time.time() - t0, 1e-9),
+                            "unroll_steps": samples * per_sample, "skipped_windows": skipped,
+                            "validation_blowups": val_blown})
+            log.info("epoch %d/%d: unroll %d steps, train %.4g, validation %.4g, skipped %d", epoch + 1,
+                     tc.epochs, samples * per_sample, history[-1]["train_loss"], val, skipped)
+            if val < best[0]:
+                best = (val, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    model.eval()
+    state = {"epoch": tc.epochs, "best_epoch": best[2], "best_loss": best[0], "stopped_early": False,
+             "seconds": _time.time() - t_start, "history": history,
+             "normalization": {"mode": "aposteriori", "init": str(init) if init else None,
+                               "skipped_windows": skipped_total}}
+    from closure.nn import save_model
+
+    _finish(config, ds, run_dir, model, state, splits, splits_doc, source, 1, device, True, progress_enabled,
+            save_model)
+    _plot_history(run_dir / "training_curve.png", history, f"{config.system.equation}: a-posteriori training")
+    ds.close()
+    return run_dir

@@ -1,0 +1,35 @@
+"""A-posteriori (solver-in-the-loop) training end to end on the tiny datasets."""
+
+import json
+
+import pytest
+import torch
+
+from closure.config import config_from_dict
+from closure.nn import load_model
+from closure.train import train
+from closure.unroll import curriculum, train_aposteriori
+
+
+def test_curriculum_doubles_then_caps():
+    assert [curriculum(e, 8, 32, 4) for e in range(4)] == [2, 4, 8, 8]
+    assert curriculum(0, 2, 32, 5) == 1  # at least one snapshot
+
+
+@pytest.mark.parametrize("which", ["2d", "burgers"])
+def test_aposteriori_fine_tuning_writes_a_run_and_lowers_the_unrolled_loss(which, tmp_path, request,
+                                                                             tiny_config, tiny_burgers_config):
+    raw = tiny_config if which == "2d" else tiny_burgers_config
+    data = request.getfixturevalue("tiny_dataset" if which == "2d" else "tiny_burgers_dataset")
+    raw["train"].update({"epochs": 1})
+    apriori = train(config_from_dict(raw), data, tmp_path / "apriori", progress_enabled=False, apriori=False)
+    raw["train"].update({"mode": "aposteriori", "optimizer": "adam", "lr": 1e-3, "epochs": 3,
+                         "unroll_steps": 5, "unroll_max_steps": 10, "unroll_batch": 2, "windows_per_epoch": 4})
+    run = train_aposteriori(config_from_dict(raw), data, tmp_path / "post", init=apriori, progress_enabled=False)
+    for name in ("model.pt", "config.yaml", "splits.json", "history.csv", "metrics.json", "training_curve.png"):
+        assert (run / name).is_file(), name
+    model = load_model(run / "model.pt")
+    assert isinstance(model, torch.nn.Module)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["training"]["epochs_run"] == 3
+    assert "apriori" in metrics
