@@ -186,15 +186,21 @@ class MeanFieldMLP(MeanFieldNet):
     def _bias(self, layer: int):
         return None if self.biases is None else self.biases[layer]
 
-    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[H^1, ..., H^L] for inputs x of shape (..., in_features)."""
-        states, h = [], x
+    def trace(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Pre-activations [Z^1..Z^L] and activations [H^1..H^L] for x of shape (..., in_features)."""
+        zs, hs, h = [], [], x
         for layer, (w, scale) in enumerate(zip(self.weights, self.layer_scales())):
             z = F.linear(h, w) * scale
             b = self._bias(layer)
-            h = self.sigma(z if b is None else z + b)
-            states.append(h)
-        return states
+            z = z if b is None else z + b
+            h = self.sigma(z)
+            zs.append(z)
+            hs.append(h)
+        return zs, hs
+
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[H^1, ..., H^L] for inputs x of shape (..., in_features)."""
+        return self.trace(x)[1]
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         """g = N_L^(-gamma_L) C H^L + b_C."""

@@ -19,8 +19,11 @@ gives it per unit of time t, i.e. N_L * lr_SGD * |gradient entry|:
     lr_W^l = eta * N_{l-1}^(gamma_{l-1} - 1) N_l^(gamma_l - 1) prod_{m>l} N_m^(gamma_m - 1)
 
 so one Adam step advances the network by O(1) units of SGD time. For hidden
-gamma = 1/2 and outer gamma = 1 this is muP's MuAdam (Yang & Hu, Tensor
-Programs IV/V) for the hidden and readout matrices.
+gamma = 1/2 and outer gamma = 1 the readout C and the last hidden matrix W^L
+get muP's MuAdam rates (Yang & Hu, Tensor Programs IV/V: effective weights
+move by eta / fan_in); an earlier W^l gets an extra N_l^(-1/2), because the
+papers' counting keeps gamma = 1/2 layers lazy (NTK-like) where muP makes
+every hidden layer learn features.
 
 Biases are outside the theory. Each bias gets the rate that moves its
 layer's pre-activation by as much per step as the layer's weight matrix does:
