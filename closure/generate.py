@@ -190,10 +190,14 @@ def _part_is_done(path: Path, key: str) -> bool:
 
 # --------------------------------------------------------------------------- main entry
 def generate(config: Config, output=None, *, scheduler: Optional[str] = None, workers: Optional[int] = None,
-             progress: Optional[bool] = None) -> Path:
+             progress: Optional[bool] = None, threads: Optional[int] = 1) -> Path:
     """Generate the dataset of ``config`` into ``output`` (default ``data/<config stem>.nc``).
 
     ``progress``: None shows a bar on a terminal and log lines otherwise; False is quiet.
+    ``threads``: torch intra-op threads for an in-process run on the CPU (default 1: the
+    batched FFTs gain little from threads, and threads competing with other processes
+    for the cores can slow them down a hundredfold; use ``workers`` for parallelism;
+    None keeps torch's setting). Dask workers always run single-threaded.
     Returns the path of the final file.
     """
     if scheduler is not None and workers is not None:
@@ -222,7 +226,7 @@ def generate(config: Config, output=None, *, scheduler: Optional[str] = None, wo
     start = _time.perf_counter()
     if todo:
         if scheduler is None and workers is None:
-            _run_in_process(config, todo, steps_per_traj, progress)
+            _run_in_process(config, todo, steps_per_traj, progress, threads)
         else:
             _run_dask(config, todo, scheduler, workers, progress)
     _merge(config, paths, output)
@@ -242,12 +246,20 @@ def _check_grid(config: Config):
                            f"{config.les.resolution}")
 
 
-def _run_in_process(config: Config, todo, steps_per_traj: int, progress: Optional[bool]):
+def _run_in_process(config: Config, todo, steps_per_traj: int, progress: Optional[bool],
+                    threads: Optional[int] = None):
     total = sum(len(ids) for ids, _ in todo) * steps_per_traj
-    with progress_bar(total=total, desc="generate", unit="traj-step", enabled=progress) as bar:
-        for ids, path in todo:
-            _write_part(config, ids, path, on_steps=lambda k, n=len(ids): bar.update(k * n))
-            _part_written(path)
+    previous = torch.get_num_threads()
+    on_cpu = resolve_device(config.device).type == "cpu"
+    if on_cpu and threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        with progress_bar(total=total, desc="generate", unit="traj-step", enabled=progress) as bar:
+            for ids, path in todo:
+                _write_part(config, ids, path, on_steps=lambda k, n=len(ids): bar.update(k * n))
+                _part_written(path)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _run_dask(config: Config, todo, scheduler: Optional[str], workers: Optional[int], progress: Optional[bool]):
