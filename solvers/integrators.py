@@ -96,8 +96,11 @@ def _real(x: torch.Tensor) -> torch.Tensor:
 
 
 def _real_coefficient(c: torch.Tensor) -> torch.Tensor:
-    """A real diagonal coefficient shaped to broadcast against `_real` views."""
-    return c.unsqueeze(-1).contiguous()
+    """A real diagonal coefficient, duplicated on a trailing axis of 2 to multiply `_real` views.
+
+    (Duplicated rather than broadcast: a stride-0 innermost axis of length 2 makes
+    torch's elementwise kernels 5-7x slower.)"""
+    return c.unsqueeze(-1).expand(*c.shape, 2).contiguous()
 
 
 class ETDRK4:
@@ -216,9 +219,10 @@ def make_stepper(method: str, equation, dt: float):
 # ---------------------------------------------------------------------------- loop
 def _nonfinite_members(w_hat: torch.Tensor, ndim: int) -> torch.Tensor:
     """Boolean ``(batch,)``: members whose spectral state has a non-finite entry."""
-    dims = tuple(range(-ndim, 0))
-    total = torch.view_as_real(w_hat).sum(dim=-1).sum(dim=dims)
-    return ~torch.isfinite(total).reshape(total.shape[0], -1).all(dim=-1)
+    # one flat reduction per member (summing the real view's trailing axis of 2
+    # first costs ~30x more); the sum is non-finite iff an entry is (or it overflows)
+    total = torch.view_as_real(w_hat).reshape(w_hat.shape[0], -1).sum(dim=-1)
+    return ~torch.isfinite(total)
 
 
 # ---------------------------------------------------------------------------- CUDA graphs
