@@ -200,6 +200,14 @@ class RunConfig(Section):
 
 
 class SweepConfig(Section):
+    """The normalization study (`closure sweep`, closure/sweep.py).
+
+    Every run trains a stencil MLP with ``depth`` hidden layers, all of width N, by plain
+    constant-rate SGD with the per-layer rates of docs/normalization.md. ``vary: outer``
+    sweeps gamma_L over ``gammas`` with the inner gammas held at ``fixed_gamma``; ``vary:
+    inner`` sweeps the inner gammas (all equal) with gamma_L at ``fixed_gamma``.
+    """
+
     gammas: list[Annotated[float, Field(ge=0.5, le=1.0)]] = Field(
         default_factory=lambda: [0.5, 0.625, 0.75, 0.875, 1.0]
     )
@@ -208,6 +216,25 @@ class SweepConfig(Section):
     vary: list[Literal["outer", "inner"]] = Field(default_factory=lambda: ["outer", "inner"])
     time: Optional[PositiveFloat] = None  # training time t = k / N_L (theory units); else train.epochs
     tune_lr: bool = False
+    # --- added with closure/sweep.py (all optional; defaults keep older configs valid)
+    fixed_gamma: Annotated[float, Field(ge=0.5, le=1.0)] = 1.0  # gamma of the layers not varied
+    depth: Optional[PositiveInt] = None  # hidden layers (None: len(model.hidden))
+    lr: Optional[PositiveFloat] = None  # base SGD rate alpha (None: train.lr)
+    batch_size: PositiveInt = 16  # points per SGD step (the theory's SGD is batch 1)
+    tune_factors: list[PositiveFloat] = Field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])  # x lr
+    tune_width: Optional[PositiveInt] = None  # width of the tuning runs (None: the median width)
+    test_points: PositiveInt = 16384  # fixed test-split points for the test error
+    validation_points: PositiveInt = 8192  # fixed validation points (learning-rate tuning)
+    probe_points: PositiveInt = 512  # fixed test inputs on which the across-seed output variance is taken
+    aposteriori: bool = False  # also run a short coupled LES (run.time) per run and score it
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SweepConfig":
+        if not self.gammas or not self.widths or not self.vary:
+            raise ValueError("sweep.gammas, sweep.widths and sweep.vary must not be empty")
+        if self.probe_points > self.test_points:
+            raise ValueError(f"sweep.probe_points={self.probe_points} exceeds sweep.test_points={self.test_points}")
+        return self
 
 
 # --------------------------------------------------------------------------- root
