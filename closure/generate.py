@@ -25,6 +25,7 @@ import logging
 import math
 import shutil
 import time as _time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -278,7 +279,11 @@ def _run_dask(config: Config, todo, scheduler: Optional[str], workers: Optional[
             client = Client(cluster)
         text = config_to_yaml(config)
         with client:
-            futures = [client.submit(_dask_task, text, ids, str(path), pure=False, key=f"generate-{path.stem}")
+            # parts are written by the workers: with --scheduler the output folder must be on a file
+            # system the workers share (absolute paths)
+            token = uuid.uuid4().hex[:8]
+            futures = [client.submit(_dask_task, text, ids, str(path.resolve()), pure=False,
+                                     key=f"generate-{path.stem}-{token}")
                        for ids, path in todo]
             n_traj = sum(len(ids) for ids, _ in todo)
             sizes = {f.key: len(ids) for f, (ids, _) in zip(futures, todo)}
