@@ -72,17 +72,19 @@ def random_state(config, grid, batch):
     return initial_state(config, grid, trajectory_seeds(config, range(batch)))
 
 
-def learned_closure(config, equation):
+def learned_closure(config, equation, hidden=None):
     from closure.nn import build_model
 
-    model = build_model(config.model, equation.grid.ndim, length=config.system.length)
+    section = config.model if hidden is None else config.model.model_copy(
+        update={"hidden": list(hidden), "gammas": [1.0] * len(hidden)})
+    model = build_model(section, equation.grid.ndim, length=config.system.length)
     model = model.to(device=equation.device, dtype=equation.dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def run(config, batches, device, dtype):
+def run(config, batches, device, dtype, extra_hidden=()):
     rows, dns_rows = [], {}
     for batch in batches:
         dns = dns_equation(config, dtype=dtype, device=device, seeds=trajectory_seeds(config, range(batch)))
@@ -93,8 +95,12 @@ def run(config, batches, device, dtype):
         les = les_equation(config, dtype=dtype, device=device, seeds=trajectory_seeds(config, range(batch)))
         v = random_state(config, les.grid, batch).to(device=device, dtype=dtype)
         base = None
-        for name in MODELS:
-            closure = learned_closure(config, les) if name == "learned" else make_closure(name, les, config)
+        variants = [(name, None) for name in MODELS] + [(f"learned {list(h)}", h) for h in extra_hidden]
+        for name, hidden in variants:
+            if name.startswith("learned"):
+                closure = learned_closure(config, les, hidden)
+            else:
+                closure = make_closure(name, les, config)
             solver_closure = None if name == "none" else closure
             ms = time_steps(les, v, config.run.dt, solver_closure, config.run.integrator)
             base = ms if name == "none" else base
@@ -147,12 +153,15 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--extra-hidden", nargs="*", default=["16,16"], metavar="N1,N2",
+                   help="also time learned closures with these hidden widths (default 16,16)")
     p.add_argument("--write", default=None, help="Markdown file whose '## Coupled LES' section is replaced")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = load_config(args.config, args.set)
     device, dtype = resolve_device(args.device), resolve_dtype(config.dtype)
-    rows, dns_rows = run(config, args.batches, device, dtype)
+    extra = [tuple(int(v) for v in h.split(",")) for h in args.extra_hidden]
+    rows, dns_rows = run(config, args.batches, device, dtype, extra)
     body = table(config, rows, dns_rows, device, args.threads)
     print(body)
     if args.write:
