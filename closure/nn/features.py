@@ -16,6 +16,11 @@ features are computed spectrally on the periodic domain [0, length)^d:
     velocity_gradient   2D vorticity only: psi_hat = omega_hat / |k|^2,
                         u = psi_y, v = -psi_x (so omega = v_x - u_y);
                         channels (u_x, u_y, v_x) (v_y = -u_x is redundant)
+    dealias_residual    N(f) - N_les(f): the field's own nonlinear term computed
+                        exactly (products on a 2n grid, restricted to |m| < n/2)
+                        minus the LES's 2/3-dealiased one, i.e. the part of the
+                        resolved advection that the LES discards (the solvers'
+                        Burgers1D / NavierStokes2D nonlinear terms)
 """
 
 from __future__ import annotations
@@ -28,8 +33,40 @@ from torch import nn
 
 from closure.nn.meanfield import ArchitectureError
 
-DERIVED_FEATURES = {1: ("gradient", "laplacian"), 2: ("gradient", "laplacian", "velocity_gradient")}
-FEATURE_CHANNELS = {"gradient": lambda ndim: ndim, "laplacian": lambda ndim: 1, "velocity_gradient": lambda ndim: 3}
+DERIVED_FEATURES = {1: ("gradient", "laplacian", "dealias_residual"),
+                    2: ("gradient", "laplacian", "velocity_gradient", "dealias_residual")}
+FEATURE_CHANNELS = {"gradient": lambda ndim: ndim, "laplacian": lambda ndim: 1, "velocity_gradient": lambda ndim: 3,
+                    "dealias_residual": lambda ndim: 1}
+_EQUATIONS: dict = {}
+
+
+def dealias_residual(f: torch.Tensor, ndim: int, length: float) -> torch.Tensor:
+    """``N(f) - N_les(f)`` of a physical field (batch, n) or (batch, n, n) (module docstring)."""
+    import solvers
+
+    n = f.shape[-1]
+    key = (ndim, n, float(length), f.dtype, str(f.device))
+    if key not in _EQUATIONS:
+        cls = solvers.Burgers1D if ndim == 1 else solvers.NavierStokes2D
+        _EQUATIONS[key] = tuple(cls(m, viscosity=1.0, length=length, dtype=f.dtype, device=f.device) for m in (n, 2 * n))
+    les, fine = _EQUATIONS[key]
+    coarse_grid, fine_grid = les.grid, fine.grid
+    f_hat = coarse_grid.to_spectral(f)
+    scale = 2.0 ** ndim
+    padded = torch.zeros(f.shape[:-ndim] + fine_grid.spectral_shape, dtype=f_hat.dtype, device=f.device)
+    h = n // 2
+    if ndim == 1:
+        padded[..., :h] = f_hat[..., :h] * scale
+        full = torch.zeros_like(f_hat)
+        full[..., :h] = fine.nonlinear_hat(padded)[..., :h] / scale
+    else:
+        padded[..., :h, :h] = f_hat[..., :h, :h] * scale
+        padded[..., -h + 1:, :h] = f_hat[..., -h + 1:, :h] * scale
+        nl = fine.nonlinear_hat(padded)
+        full = torch.zeros_like(f_hat)
+        full[..., :h, :h] = nl[..., :h, :h] / scale
+        full[..., -h + 1:, :h] = nl[..., -h + 1:, :h] / scale
+    return coarse_grid.to_physical(full - les.nonlinear_hat(f_hat))
 STD_FLOOR = 1e-12
 
 
@@ -65,6 +102,9 @@ def _spectral_1d(u: torch.Tensor, length: float, features: Sequence[str]) -> lis
     u_hat = torch.fft.rfft(u, dim=-1)
     out = []
     for name in features:
+        if name == "dealias_residual":
+            out.append(dealias_residual(u, 1, length))
+            continue
         factor = 1j * k if name == "gradient" else -(k**2)
         out.append(torch.fft.irfft(factor * u_hat, n=n, dim=-1))
     return out
@@ -85,6 +125,8 @@ def _spectral_2d(f: torch.Tensor, length: float, features: Sequence[str]) -> lis
             out += [back(1j * kx), back(1j * ky)]
         elif name == "laplacian":
             out.append(back(-(kx**2 + ky**2)))
+        elif name == "dealias_residual":
+            out.append(dealias_residual(f, 2, length))
         else:
             k2 = kx**2 + ky**2
             inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
