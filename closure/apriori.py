@@ -217,7 +217,7 @@ def baseline_closures(config, names: Sequence[str] = ("smagorinsky", "leith", "d
         return {"smagorinsky": smagorinsky_fallback(config)}
     from closure.system import les_equation
 
-    les = les_equation(config, dtype=torch.float64)
+    les = les_equation(config, dtype=torch.float64, unforced=True)
     return {name: make_closure(name, les, config) for name in names}
 
 

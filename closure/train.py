@@ -314,8 +314,12 @@ def train(config, data, run_dir: Union[str, os.PathLike, None] = None, *, resume
     config = _as_config(config)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     tc = config.train
-    if tc.mode != "apriori":
-        raise ClosureError(f"train.mode={tc.mode!r}: this command trains a-priori (train.mode=apriori)")
+    if tc.mode == "aposteriori":
+        from closure.unroll import train_aposteriori
+
+        if resume:
+            raise ClosureError("--resume is not supported with train.mode=aposteriori; re-run with --init")
+        return train_aposteriori(config, data, run_dir, init=init, progress_enabled=progress_enabled)
     ds = _open(data)
     check_dataset(config, ds)
     data_source = str(ds.encoding.get("source", data if isinstance(data, (str, os.PathLike)) else "dataset"))

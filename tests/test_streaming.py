@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -206,3 +208,21 @@ def test_non_finite_block_is_a_closure_error(data2d, tmp_path):
     cds.write(ds, bad)
     with pytest.raises(ClosureError, match="non-finite"):
         load_block(cds.open_dataset(bad), plan_blocks(cds.open_dataset(bad), [1])[0])
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_dealias_residual_feature_is_the_discarded_advection(ndim):
+    """closure.nn's dealias_residual = P N(prolonged field) - N_les(field), N on a grid twice as fine."""
+    import solvers
+    from closure.filters import prolong_hat, restrict_hat
+    from closure.nn.features import dealias_residual
+
+    n = 16
+    cls = solvers.Burgers1D if ndim == 1 else solvers.NavierStokes2D
+    les, fine = (cls(m, viscosity=1.0, dtype=torch.float64) for m in (n, 4 * n))
+    torch.manual_seed(0)
+    f = les.grid.to_physical(les.grid.to_spectral(torch.randn((2,) + (n,) * ndim, dtype=torch.float64)))
+    f_hat = les.grid.to_spectral(f)
+    exact = restrict_hat(fine.nonlinear_hat(prolong_hat(f_hat, les.grid, fine.grid)), fine.grid, les.grid)
+    expected = les.grid.to_physical(exact - les.nonlinear_hat(f_hat))
+    torch.testing.assert_close(dealias_residual(f, ndim, 2 * math.pi), expected)

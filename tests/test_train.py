@@ -70,11 +70,16 @@ def test_train_writes_the_run_directory(data2d, tmp_path):
 def test_training_reduces_the_loss(data2d, tmp_path):
     path, raw = data2d
     raw = json.loads(json.dumps(raw))
-    raw["train"].update(epochs=6, samples_per_epoch=4096, optimizer="adam", lr=3e-3)
-    run = train(config_from_dict(raw), path, tmp_path / "run", progress_enabled=False, apriori=False)
+    # most of this coarse dataset's SGS term is the advection the LES's 2/3 rule discards:
+    # the dealias_residual feature makes it learnable by a local model
+    raw["model"].update(features=["dealias_residual"])
+    raw["train"].update(epochs=6, samples_per_epoch=4096, optimizer="adam", lr=3e-2)
+    run = train(config_from_dict(raw), path, tmp_path / "run", progress_enabled=False)
     rows = [line.split(",") for line in (run / "history.csv").read_text().splitlines()[1:]]
     losses = [float(r[1]) for r in rows]
-    assert losses[-1] < 0.8 * losses[0]
+    assert losses[-1] < 0.5 * losses[0]
+    ap = json.loads((run / "metrics.json").read_text())["apriori"]
+    assert ap["learned"]["correlation"] > max(0.6, ap["smagorinsky"]["correlation"] + 0.3)
 
 
 def test_same_seed_same_weights(data2d, tmp_path):
