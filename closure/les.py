@@ -38,7 +38,8 @@ the attributes ``model``, ``blowups`` (JSON ``[{trajectory, time}]``),
 ``les_seconds_per_model_time`` (wall clock of the whole batch per unit model
 time, I/O excluded), ``les_ms_per_step``, ``dns_seconds_per_model_time`` (the
 dataset's ``dns_seconds_per_model_time`` attribute if it has one, else a few
-DNS steps timed here on the same device with the same batch) and
+DNS steps timed here on the same device with the same batch, once per process
+so that the models of one pipeline share it) and
 ``cost_ratio`` (LES / DNS per unit model time). Written atomically.
 """
 
@@ -63,6 +64,9 @@ from closure.progress import progress
 log = logging.getLogger("closure.les")
 
 __all__ = ["run_les", "test_trajectories", "les_config", "time_dns", "model_label", "LESResult", "integrate"]
+
+
+_DNS_COST: dict = {}  # (DNS setup, batch, device, dtype) -> seconds per unit model time
 
 
 def _sections_equal(a, b) -> bool:
@@ -141,7 +145,7 @@ class cpu_threads:
         return False
 
 
-def time_dns(config: Config, batch: int, device, dtype, max_steps: int = 8, budget_s: float = 2.0) -> float:
+def time_dns(config: Config, batch: int, device, dtype, max_steps: int = 20, budget_s: float = 2.0) -> float:
     """Seconds of wall clock per unit model time of the DNS of ``config`` for ``batch`` trajectories."""
     from closure.system import dns_equation, initial_state, trajectory_seeds
 
@@ -322,7 +326,13 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     dns_spmt = ds.attrs.get("dns_seconds_per_model_time")
     dns_source = "dataset"
     if dns_spmt is None:
-        dns_spmt = time_dns(data_config, len(ids), device, dtype)
+        # timed once per process and DNS setup, so that the models of one pipeline share the figure
+        from closure.generate import generation_key
+
+        key = (generation_key(data_config), len(ids), str(device), str(dtype))
+        if key not in _DNS_COST:
+            _DNS_COST[key] = time_dns(data_config, len(ids), device, dtype)
+        dns_spmt = _DNS_COST[key]
         dns_source = f"timed here ({len(ids)} trajectories, {device})"
     dns_spmt = float(dns_spmt)
 
