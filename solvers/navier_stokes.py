@@ -54,6 +54,8 @@ class NavierStokes2D(SpectralEquation):
         # trailing axis duplicated, not broadcast: much faster elementwise kernels)
         ops = self._advection_ops[..., :self._kept_columns, None]
         self._advection_ops_kept = ops.expand(*ops.shape[:-1], 2).contiguous()
+        # the same, [m_x, m_y]-ordered: the y transform's natural output layout
+        self._advection_ops_kept_t = self._advection_ops_kept.transpose(-2, -3).contiguous()
 
     def velocity_hat(self, vorticity_hat: torch.Tensor) -> torch.Tensor:
         """``(u_hat, v_hat)`` of the 2/3-truncated vorticity, stacked: ``(..., 2, n, n//2+1)``."""
@@ -82,12 +84,15 @@ class NavierStokes2D(SpectralEquation):
         uu, vv = products.unbind(-3)
         torch.mul(u, v, out=uu)
         torch.mul(v, v, out=vv).addcmul_(u, u, value=-1)
-        products_hat = torch.view_as_real(torch.fft.fft(torch.fft.rfft(products, dim=-1)[..., :kept], dim=-2))
+        # the y transform on the transposed kept columns: its output is [m_x, m_y]-ordered
+        # and contiguous, so the multiply-adds stream; one transposing copy into `out`
+        products_hat = torch.fft.fft(torch.fft.rfft(products, dim=-1)[..., :kept].transpose(-1, -2), dim=-1)
+        products_hat = torch.view_as_real(products_hat)
+        ops = self._advection_ops_kept_t
+        adv = products_hat[..., 0, :, :, :] * ops[0]
+        adv.addcmul_(products_hat[..., 1, :, :, :], ops[1])
         out = state_hat.new_zeros(state_hat.shape[:-2] + g.spectral_shape)
-        out_kept = torch.view_as_real(out[..., :kept])
-        ops = self._advection_ops_kept
-        torch.mul(products_hat[..., 0, :, :, :], ops[0], out=out_kept)
-        out_kept.addcmul_(products_hat[..., 1, :, :, :], ops[1])
+        out[..., :kept] = torch.view_as_complex(adv).transpose(-1, -2)
         return out
 
     def velocity(self, vorticity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
