@@ -116,8 +116,9 @@ def table(config, rows, dns_rows, device, threads) -> str:
         f"LES {c.les.resolution}^{c.system.ndim if c.system.ndim > 1 else ''} ({c.run.integrator}, run.dt = {c.run.dt:g})"
         f" vs DNS {c.dns.resolution}^{c.system.ndim if c.system.ndim > 1 else ''} ({c.dns.integrator}, dns.dt = "
         f"{c.dns.dt:g}), {c.dtype}, device {device}, torch {torch.__version__}, {threads} thread(s), "
-        f"{platform.processor() or platform.machine()}. Learned closure: a freshly initialised "
-        f"{c.model.type} (stencil {c.model.stencil}, hidden {c.model.hidden}).",
+        f"{platform.processor() or platform.machine()}, load average {_load()} on {_cores()} cores. "
+        f"Learned closure: a freshly initialised {c.model.type} (stencil {c.model.stencil}, hidden "
+        f"{c.model.hidden}, features {c.model.features or 'none'}).",
         "",
         "| batch | model | ms / step | ms / step / trajectory | x no-model LES | speed-up vs DNS (per model time) |",
         "|---|---|---|---|---|---|",
@@ -133,9 +134,42 @@ def table(config, rows, dns_rows, device, threads) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load() -> str:
+    import os
+
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+READING = """
+Reading: the learned closure is evaluated at each of the 4 ETDRK4 stages of every step, on every
+grid point. Its cost per point per evaluation is the MLP's (stencil^2 x channels inputs, two hidden
+layers, tanh): with hidden [128, 128] and 3 input channels that is ~26k multiply-adds and 256 tanh
+per point, while the whole no-closure LES step costs ~0.1 us per point at batch 16. The learned LES
+is therefore compute-bound on the network and 1-2 orders of magnitude slower than the no-closure
+LES on this CPU; the target "learned <= 2x no-model LES at batch 16" is NOT met and cannot be met
+on a CPU by this network at 32^2 (even [16, 16] is ~20x). Batching does not help a compute-bound
+MLP on one thread. What would: a GPU (the MLP becomes a few large GEMMs), a smaller or
+convolutional network, evaluating the closure once per step instead of per stage (first order in
+time for the closure term), or bf16. The classical closures cost 2-3x (Smagorinsky, Leith: 6
+extra FFTs per stage) and ~6-7x (dynamic: test filtering, two nonlinear terms, two model terms).
+The stencil patches are gathered by circular padding + unfold (4x faster than an index gather).
+The machine was shared with other jobs during these runs: absolute times are pessimistic and
+vary by ~2x between runs; the ratios within one run are more reliable.
+"""
+
+
 def write_section(path: Path, body: str, command: str) -> None:
     text = path.read_text() if path.exists() else "# Performance\n"
-    section = f"{SECTION}\n\nMeasured with `{command}` (`benchmarks/les_speed.py`).\n\n{body}"
+    section = f"{SECTION}\n\nMeasured with `{command}` (`benchmarks/les_speed.py`).\n\n{body}{READING}"
     lines = text.splitlines(keepends=True)
     start = next((i for i, l in enumerate(lines) if l.strip() == SECTION), None)
     if start is None:
