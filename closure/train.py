@@ -104,6 +104,29 @@ def check_dataset(config: Config, ds) -> None:
     length = float(ds.attrs.get("length", config.system.length))
     if not math.isclose(length, config.system.length, rel_tol=1e-9):
         raise ClosureError(f"{source}: dataset length={length} differs from system.length={config.system.length}")
+    for key in ("viscosity", "drag"):
+        if key in ds.attrs and not math.isclose(float(ds.attrs[key]), getattr(config.system, key),
+                                                rel_tol=1e-9, abs_tol=1e-15):
+            raise ClosureError(f"{source}: dataset {key}={float(ds.attrs[key])} differs from "
+                               f"system.{key}={getattr(config.system, key)}")
+    if "forcing" in ds.attrs:
+        mine = config.system.forcing.model_dump(mode="json")
+        try:
+            theirs = json.loads(ds.attrs["forcing"])
+        except (TypeError, ValueError):
+            theirs = None
+        if isinstance(theirs, dict) and theirs != mine:
+            raise ClosureError(f"{source}: dataset forcing {ds.attrs['forcing']} differs from system.forcing={mine}")
+    if "filter" in ds.attrs:
+        try:
+            flt = json.loads(ds.attrs["filter"])
+        except (TypeError, ValueError):
+            flt = None
+        cf = config.les.filter
+        if isinstance(flt, dict) and (flt.get("type") != cf.type or
+                                      not math.isclose(float(flt.get("width", cf.width)), cf.width, rel_tol=1e-9)):
+            raise ClosureError(f"{source}: dataset filter {flt.get('type')} (width {flt.get('width')}) differs from "
+                               f"les.filter={cf.type} (width {cf.width})")
     if ds.sizes.get("trajectory", 0) < 2:
         raise ClosureError(f"{source}: needs at least 2 trajectories to split into train and test, "
                            f"has {ds.sizes.get('trajectory', 0)}")

@@ -155,6 +155,8 @@ def test_ddp_two_processes_match_one(data2d, tmp_path):
 @pytest.mark.parametrize("change,match", [
     ({"system": {"equation": "burgers_1d", "forcing": {"type": "none"}}}, "equation"),
     ({"les": {"resolution": 8}}, "les_resolution"),
+    ({"les": {"resolution": 16, "filter": {"type": "box"}}}, "filter"),
+    ({"system": {"viscosity": 0.5}}, "viscosity"),
 ])
 def test_config_that_does_not_fit_the_data(data2d, tmp_path, change, match):
     path, raw = data2d
@@ -189,6 +191,24 @@ def test_burgers_and_whole_field_models(tmp_path):
     assert (run / "model.pt").is_file()
 
 
+def test_early_stopping_keeps_the_best_weights(data2d, tmp_path, monkeypatch):
+    import closure.train as ct
+
+    path, raw = data2d
+    raw = json.loads(json.dumps(raw))
+    raw["train"].update(epochs=6, patience=2)
+    losses = iter([1.0, 0.5, 0.7, 0.6, 0.4, 0.3])
+    monkeypatch.setattr(ct, "_validation_loss", lambda *a, **k: next(losses))
+    snapshots = []
+    run = train(config_from_dict(raw), path, tmp_path / "es", progress_enabled=False, apriori=False,
+                callback=lambda row: snapshots.append(torch.load(tmp_path / "es" / "checkpoint.pt",
+                                                                 weights_only=True)["model"]))
+    metrics = json.loads((run / "metrics.json").read_text())["training"]
+    assert metrics["stopped_early"] and metrics["epochs_run"] == 4 and metrics["best_epoch"] == 2
+    assert metrics["best_validation_loss"] == 0.5
+    _assert_same(_weights(run), snapshots[1])
+
+
 def test_schedules():
     assert learning_rate_factor("constant", 7, 10) == 1.0
     assert learning_rate_factor("cosine", 0, 10) == 1.0
@@ -208,3 +228,10 @@ def test_cuda_bf16(data2d, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["training"]["device"].startswith("cuda")
     assert math.isfinite(metrics["training"]["best_validation_loss"])
+
+
+def test_trains_on_the_generator_fixture(tiny_config, tiny_dataset, tmp_path):
+    """The shared fixture written by `closure generate` passes the compatibility checks and trains."""
+    tiny_config["train"].update(epochs=1, samples_per_epoch=1024)
+    run = train(config_from_dict(tiny_config), tiny_dataset, tmp_path / "fx", progress_enabled=False)
+    assert (run / "model.pt").is_file() and (run / "metrics.json").is_file()
