@@ -23,7 +23,8 @@ Codes:
   CN-RK4), written below; single-threaded (numpy's pocketfft).
 
 Each time is the median over ``--repeats`` repeats of a run of several steps,
-after a warm-up. Ratios < 1 mean ours is faster. The run also checks that the
+after a warm-up; the codes of a case are timed round-robin (repeat r of each,
+then r + 1), so that their ratios hold under a changing load. Ratios < 1 mean ours is faster. The run also checks that the
 codes solve the same problem: ours vs numpy (same scheme) and ours CN-RK4 vs
 jax-cfd CN-RK4 after a few float64 steps (relative difference of the state).
 """
@@ -242,18 +243,44 @@ class JaxPeer:
 
 
 # ============================================================================ timing
-def median_ms_per_step(run, state, steps_hint: int, repeats: int, target_s: float):
-    """Warm up, pick a step count so a repeat lasts ~target_s, return (median ms/step, state)."""
-    t0 = time.perf_counter()
-    state = run(state, 2)
-    est = max((time.perf_counter() - t0) / 2, 1e-6)
-    steps = max(3, min(steps_hint, int(target_s / est)))
-    samples = []
-    for _ in range(repeats):
+def median_ms_per_step(codes: dict, repeats: int, target_s: float) -> dict:
+    """Median ms/step of each code, timed round-robin (repeat r of every code, then r + 1).
+
+    ``codes`` maps a name to ``(run, state, max_steps)`` with ``run(state, steps) -> state``
+    (synchronised). Each code is warmed up, given a step count that makes a repeat last
+    about ``target_s``, then timed; interleaving the codes makes the ratios robust to a
+    load that changes during the run.
+    """
+    states, steps, samples, cpu = {}, {}, {}, {}
+    for name, (run, state, max_steps) in codes.items():
         t0 = time.perf_counter()
-        state = run(state, steps)
-        samples.append((time.perf_counter() - t0) / steps * 1e3)
-    return statistics.median(samples), state
+        states[name] = run(state, 2)
+        est = max((time.perf_counter() - t0) / 2, 1e-6)
+        steps[name] = max(3, min(max_steps, int(target_s / est)))
+        samples[name], cpu[name] = [], []
+    for _ in range(repeats):
+        for name, (run, _, _) in codes.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            states[name] = run(states[name], steps[name])
+            samples[name].append((time.perf_counter() - t0) / steps[name] * 1e3)
+            cpu[name].append((time.process_time() - c0) / steps[name] * 1e3)
+    out = {name: statistics.median(v) for name, v in samples.items()}
+    out.update({name + "_cpu": statistics.median(v) for name, v in cpu.items()})
+    return out
+
+
+class _NoGraphs:
+    """Runs ``run`` with the CUDA-graph replay turned off (SOLVERS_CUDA_GRAPHS=0)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __call__(self, state, steps):
+        os.environ["SOLVERS_CUDA_GRAPHS"] = "0"
+        try:
+            return self.run(state, steps)
+        finally:
+            os.environ.pop("SOLVERS_CUDA_GRAPHS")
 
 
 def ours_runner(eq, method: str, dt: float, device):
@@ -372,15 +399,9 @@ def main(args):
         w0 = initial_state(eq, batch, device)
         res = {"case": f"{name} {batch}x{n}^{ndim}" if batch > 1 else f"{name} {n}^{ndim}",
                "dtype": str(dtype).replace("torch.", ""), "n": n, "ndim": ndim, "batch": batch}
-        for method in ("etdrk4", "cnrk4"):
-            res[method], _ = median_ms_per_step(ours_runner(eq, method, args.dt, device), w0, 200, repeats, target_s)
+        codes = {m: (ours_runner(eq, m, args.dt, device), w0, 200) for m in ("etdrk4", "cnrk4")}
         if device.type == "cuda":  # what the CUDA-graph replay buys: the same run, eager
-            os.environ["SOLVERS_CUDA_GRAPHS"] = "0"
-            try:
-                res["eager"], _ = median_ms_per_step(ours_runner(eq, "etdrk4", args.dt, device), w0, 200,
-                                                     repeats, target_s)
-            finally:
-                os.environ.pop("SOLVERS_CUDA_GRAPHS")
+            codes["eager"] = (_NoGraphs(ours_runner(eq, "etdrk4", args.dt, device)), w0, 200)
         if jmods is not None:
             try:
                 peer = JaxPeer(jmods, ndim, n, dtype, args.dt, batch)
@@ -388,17 +409,17 @@ def main(args):
                 t0 = time.perf_counter()
                 wj = peer.run(wj, 1)
                 res["jax_compile_s"] = time.perf_counter() - t0
-                res["jax"], _ = median_ms_per_step(peer.run, wj, 200, repeats, target_s)
-                res["jax_dtype"] = peer.dtype(peer.run(wj, 1))
+                res["jax_dtype"] = peer.dtype(wj)
+                codes["jax"] = (peer.run, wj, 200)
             except Exception as exc:  # noqa: BLE001
                 res["jax_error"] = f"{type(exc).__name__}: {exc}"
         if use_numpy:
             npeer = NumpyPeer(ndim, n, np.float32 if dtype == torch.float32 else np.float64, args.dt)
             wn = npeer.to_spectral(w0.cpu().numpy())
             for method in ("etdrk4", "cnrk4"):
-                res["np_" + method], _ = median_ms_per_step(numpy_runner(npeer, method), wn, 50,
-                                                             repeats, target_s)
-        if bandwidth:
+                codes["np_" + method] = (numpy_runner(npeer, method), wn, 50)
+        res.update(median_ms_per_step(codes, repeats, target_s))
+        if bandwidth and ndim == 2:
             elem = 4 if dtype == torch.float32 else 8
             # ~96 N^2 bytes per fused RK stage in float32 (references.md); ETDRK4 has 4 stages
             res["roofline"] = 4 * 96 * (elem / 4) * batch * n ** ndim / bandwidth * 1e3
@@ -465,7 +486,8 @@ def report(args, rows, checks, device, threads, repeats, versions, jax_note, ban
         + (" (XLA single-threaded too)" if threads == 1 else " (XLA: its default thread pool)")
         + f"; numpy.fft single-threaded. Load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end.",
         "",
-        f"Milliseconds per time step (dt = {args.dt:g}), median of {repeats} repeats after a warm-up; "
+        f"Milliseconds per time step (dt = {args.dt:g}), median of {repeats} repeats after a warm-up, "
+        "the codes of a case timed round-robin; "
         "jax-cfd jit-compiled, compile time excluded. Kolmogorov flow (nu 1e-3, drag 0.1, k = 4), "
         "Burgers nu 1e-2 unforced. Ratios ours/peer: < 1 means ours is faster.",
         "",
@@ -498,6 +520,21 @@ def report(args, rows, checks, device, threads, repeats, versions, jax_note, ban
         if has_roof:
             cells += [_fmt(r.get("roofline"), 3), _fmt(_ratio(r["etdrk4"], r.get("roofline")))]
         lines.append("| " + " | ".join(cells) + " |")
+    if device.type == "cpu":
+        keys = [("etdrk4", "ours ETDRK4"), ("cnrk4", "ours CN-RK4"), ("jax", "jax-cfd CN-RK4"),
+                ("np_etdrk4", "numpy ETDRK4"), ("np_cnrk4", "numpy CN-RK4")]
+        keys = [(k, label) for k, label in keys if any(k + "_cpu" in r for r in rows)]
+        lines += ["", "The same runs in process CPU time (ms per step; all threads of the process summed; "
+                  "less sensitive to other processes than the wall clock when single-threaded):", "",
+                  "| case | dtype | " + " | ".join(label for _, label in keys)
+                  + (" | ETDRK4/jax | CN-RK4/jax |" if any(k == "jax" for k, _ in keys) else " |"),
+                  "|" + "---|" * (2 + len(keys) + (2 if any(k == "jax" for k, _ in keys) else 0))]
+        for r in rows:
+            cells = [r["case"], r["dtype"]] + [_fmt(r.get(k + "_cpu")) for k, _ in keys]
+            if any(k == "jax" for k, _ in keys):
+                cells += [_fmt(_ratio(r.get("etdrk4_cpu"), r.get("jax_cpu"))),
+                          _fmt(_ratio(r.get("cnrk4_cpu"), r.get("jax_cpu")))]
+            lines.append("| " + " | ".join(cells) + " |")
     notes = []
     if jax_note:
         notes.append(f"jax-cfd: {jax_note}.")
