@@ -61,7 +61,8 @@ def cmd_generate(args) -> int:
     config = _load(args)
     from closure.generate import generate
 
-    path = generate(config, args.output, scheduler=args.scheduler, workers=args.workers)
+    kwargs = {"progress": False} if getattr(args, "quiet", False) else {}
+    path = generate(config, args.output, scheduler=args.scheduler, workers=args.workers, **kwargs)
     print(path)
     return 0
 
@@ -138,8 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="closure", description="Filtered-DNS datasets, neural SGS closures, coupled LES.")
     parser.add_argument("--version", action="version", version=f"closure {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    common = _Parser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)  # -q also after the command
 
     def with_config(p):
         p.add_argument("config", metavar="CONFIG", help="YAML experiment config")
@@ -233,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.quiet)
+    _setup_logging(getattr(args, "quiet", False))
     try:
         status = args.func(args) or 0
     except KeyboardInterrupt:

@@ -184,6 +184,9 @@ def test_dispatch_passes_the_contract_arguments(config_file, tiny_dataset, tmp_p
     assert main(["generate", cfg, "-o", str(tmp_path / "g.nc"), "--workers", "3"]) == 0
     args, kwargs = calls["generate"]
     assert args[1] == str(tmp_path / "g.nc") and kwargs == {"scheduler": None, "workers": 3}
+    for argv in (["-q", "generate", cfg], ["generate", cfg, "-q"]):  # quiet: no progress lines
+        assert main(argv) == 0
+        assert calls["generate"][1]["progress"] is False
     assert main(["train", cfg, "--data", data, "-o", str(tmp_path / "run"), "--resume"]) == 0
     args, kwargs = calls["train"]
     assert Path(args[1]) == Path(data) and Path(args[2]) == tmp_path / "run" and kwargs == {"resume": True,
