@@ -103,31 +103,33 @@ def _coarse_rows(n_coarse: int, device=None) -> torch.Tensor:
     return torch.cat([torch.arange(0, half, device=device), torch.arange(half + 1, n_coarse, device=device)])
 
 
+def _transfer_modes(field_hat: torch.Tensor, source: SpectralGrid, target: SpectralGrid, small: SpectralGrid,
+                    to_fine: bool) -> torch.Tensor:
+    """Copy the modes ``|m_d| < small.n / 2`` from ``source``'s layout into a zero ``target`` array,
+    rescaled to the target grid's unnormalised FFT."""
+    half = small.n // 2
+    scale = (target.n / source.n) ** target.ndim
+    out = field_hat.new_zeros(field_hat.shape[:-target.ndim] + target.spectral_shape)
+    if target.ndim == 1:
+        out[..., :half] = field_hat[..., :half] * scale
+        return out
+    big = target if to_fine else source
+    rows_fine = kept_mode_indices(big.n, small.n, field_hat.device)
+    rows_coarse = _coarse_rows(small.n, field_hat.device)
+    rows_out, rows_in = (rows_fine, rows_coarse) if to_fine else (rows_coarse, rows_fine)
+    out[..., rows_out, :half] = field_hat[..., rows_in, :half] * scale
+    return out
+
+
 def restrict_hat(field_hat: torch.Tensor, fine: SpectralGrid, coarse: SpectralGrid) -> torch.Tensor:
     """``P``: keep ``|m_d| < n_c / 2`` and rescale to the coarse grid's unnormalised FFT."""
     if fine.ndim != coarse.ndim or coarse.n > fine.n:
         raise ValueError(f"cannot restrict from {fine} to {coarse}")
-    half = coarse.n // 2
-    scale = (coarse.n / fine.n) ** fine.ndim
-    out = field_hat.new_zeros(field_hat.shape[:-fine.ndim] + coarse.spectral_shape)
-    if fine.ndim == 1:
-        out[..., :half] = field_hat[..., :half] * scale
-        return out
-    rows_f = kept_mode_indices(fine.n, coarse.n, field_hat.device)
-    rows_c = _coarse_rows(coarse.n, field_hat.device)
-    out[..., rows_c, :half] = field_hat[..., rows_f, :half] * scale
-    return out
+    return _transfer_modes(field_hat, fine, coarse, coarse, to_fine=False)
 
 
 def prolong_hat(field_hat: torch.Tensor, coarse: SpectralGrid, fine: SpectralGrid) -> torch.Tensor:
     """Zero-padding interpolation, the right inverse of `restrict_hat` on the kept modes."""
-    half = coarse.n // 2
-    scale = (fine.n / coarse.n) ** fine.ndim
-    out = field_hat.new_zeros(field_hat.shape[:-fine.ndim] + fine.spectral_shape)
-    if fine.ndim == 1:
-        out[..., :half] = field_hat[..., :half] * scale
-        return out
-    rows_f = kept_mode_indices(fine.n, coarse.n, field_hat.device)
-    rows_c = _coarse_rows(coarse.n, field_hat.device)
-    out[..., rows_f, :half] = field_hat[..., rows_c, :half] * scale
-    return out
+    if fine.ndim != coarse.ndim or coarse.n > fine.n:
+        raise ValueError(f"cannot prolong from {coarse} to {fine}")
+    return _transfer_modes(field_hat, coarse, fine, coarse, to_fine=True)
