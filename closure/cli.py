@@ -100,8 +100,20 @@ def cmd_evaluate(args) -> int:
     from closure.evaluate import evaluate
 
     result = evaluate(reference, runs, Path(args.output))
-    print(result if result is not None else args.output)
+    if isinstance(result, dict):
+        print(_metrics_table(result))
+    print(Path(args.output) / "report.md")
     return 0
+
+
+def _metrics_table(metrics: dict) -> str:
+    """The contract's scalar metrics per model, one line each (the series stay in metrics.json)."""
+    keys = ("spectrum_error", "pdf_distance", "decorrelation_time", "blowups")
+    lines = [f"{'model':<24}" + "".join(f"{k:>20}" for k in keys)]
+    for name, m in metrics.items():
+        if isinstance(m, dict) and all(k in m for k in keys):
+            lines.append(f"{name:<24}" + "".join(f"{m[k]:>20.4g}" for k in keys))
+    return "\n".join(lines)
 
 
 def cmd_pipeline(args) -> int:
