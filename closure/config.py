@@ -218,6 +218,7 @@ class SweepConfig(Section):
     tune_lr: bool = False
     # --- added with closure/sweep.py (all optional; defaults keep older configs valid)
     fixed_gamma: Annotated[float, Field(ge=0.5, le=1.0)] = 1.0  # gamma of the layers not varied
+    gammas_inner: Optional[list[Annotated[float, Field(ge=0.5, le=1.0)]]] = None  # vary inner over these (None: gammas)
     depth: Optional[PositiveInt] = None  # hidden layers (None: len(model.hidden))
     lr: Optional[PositiveFloat] = None  # base SGD rate alpha (None: train.lr)
     batch_size: PositiveInt = 16  # points per SGD step (the theory's SGD is batch 1)

@@ -12,9 +12,9 @@ of the ``sweep:`` config section. ``vary: [outer]`` sweeps the outer exponent
 gamma_L over ``sweep.gammas`` with every inner exponent held at
 ``sweep.fixed_gamma`` (1.0 by default, the mean-field scaling); ``vary:
 [inner]`` sweeps the inner exponents (all equal) with gamma_L held at
-``fixed_gamma``. The grid is therefore a cross in the (gamma_outer,
-gamma_inner) plane; ``sweep.nc`` stores it on the full product with NaN off the
-cross.
+``fixed_gamma`` (over ``sweep.gammas_inner`` when given). The grid is
+therefore a cross in the (gamma_outer, gamma_inner) plane; ``sweep.nc``
+stores it on the full product with NaN off the cross.
 
 Training (why not ``closure.train.train``): the study is hundreds of small
 runs whose only admissible differences are gamma, N and the seed, and it must
@@ -93,7 +93,8 @@ __all__ = [
 ]
 
 RESULT_FORMAT = "closure.sweep/1"
-TUNE_SEED = 1_000_003  # the tuning runs' seed: outside the study's seeds 0..S-1
+TUNE_SEED = 1_000_003
+DIVERGED_LOSS = 1.0e4  # a training loss (normalized units, target variance 1) beyond this counts as diverged  # the tuning runs' seed: outside the study's seeds 0..S-1
 METRICS = ("relative_l2", "mse", "correlation", "r2", "validation_mse", "train_loss", "seconds", "diverged")
 APOSTERIORI = ("aposteriori_error", "aposteriori_correlation", "aposteriori_blowups", "aposteriori_error_none")
 
@@ -198,7 +199,8 @@ def gamma_pairs(config: Config) -> list[tuple[float, float]]:
     sw = config.sweep
     pairs: list[tuple[float, float]] = []
     for mode in sw.vary:
-        for g in sw.gammas:
+        values = sw.gammas if mode == "outer" or sw.gammas_inner is None else sw.gammas_inner
+        for g in values:
             pair = (float(g), sw.fixed_gamma) if mode == "outer" else (sw.fixed_gamma, float(g))
             if pair not in pairs:
                 pairs.append(pair)
@@ -368,7 +370,7 @@ def train_run(data: StudyData, run: Run, config: Config) -> dict:
         if k >= run.steps - tail:
             running += loss.item()
             seen += 1
-        if (k % 64 == 0 or k == run.steps - 1) and not math.isfinite(loss.item()):
+        if (k % 64 == 0 or k == run.steps - 1) and not (loss.item() < DIVERGED_LOSS):  # NaN-safe
             diverged = True
             break
     result = {"train_loss": running / seen if seen and not diverged else float("nan"), "diverged": diverged}
@@ -392,7 +394,8 @@ def train_run(data: StudyData, run: Run, config: Config) -> dict:
         else:
             result["validation_mse"] = nan
         result["probe_output"] = _predict(net, data.probe).double().tolist()
-        if not finite or not math.isfinite(result["validation_mse"]):
+        bad_validation = "validation" in data.points and not (result["validation_mse"] < DIVERGED_LOSS)
+        if not finite or not (result["mse"] < DIVERGED_LOSS) or bad_validation:
             result["diverged"] = True
     result["probe_output_init"] = probe_init.double().tolist()
     result["seconds"] = _time.perf_counter() - start
@@ -840,6 +843,14 @@ def _inner_line(ds, name):
     return ds[name].sel(gamma_outer=ds.attrs["fixed_gamma"])
 
 
+def _width_ticks(ax, widths) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks([int(w) for w in widths])
+    ax.set_xticklabels([str(int(w)) for w in widths])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_sweep(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
     """Write error.png, variance.png, sensitivity.png (with ``prefix``) into ``out_dir``; return their paths."""
     import matplotlib
@@ -883,17 +894,22 @@ def plot_sweep(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
             var, slope, icpt = (line(ds, n) for n in ("output_variance", "variance_slope", "variance_intercept"))
             gdim = "gamma_outer" if mode == "outer" else "gamma_inner"
             gs = var[gdim].values
+            v0 = line(ds, "init_output_variance")
             for n, g in enumerate(gs):
                 color = cmap(n / max(1, len(gs) - 1))
                 v = var.sel({gdim: g}).values
                 ax.loglog(widths, v, "o", color=color, ms=4)
+                ax.loglog(widths, v0.sel({gdim: g}).values, "x:", color=color, ms=4, lw=0.8)
                 s, c = float(slope.sel({gdim: g})), float(icpt.sel({gdim: g}))
                 go = g if mode == "outer" else fixed
                 if math.isfinite(s):
                     ax.loglog(widths, np.exp(c) * widths.astype(float) ** s, "-", color=color,
                               label=f"{gdim}={g:g}: slope {s:+.2f} (theory {1 - 2 * go:+.2f})")
             ax.set_xlabel("width N")
-            ax.set_ylabel("across-seed variance of trained g")
+            ax.set_ylabel("across-seed variance of g")
+            ax.plot([], [], "ko", ms=4, label="trained (o, fitted line)")
+            ax.plot([], [], "kx:", ms=4, lw=0.8, label="at initialization (x)")
+            _width_ticks(ax, widths)
             ax.set_title(f"{mode} gamma varied")
             ax.grid(alpha=0.3, which="both")
             if ax.get_legend_handles_labels()[0]:
@@ -917,7 +933,10 @@ def plot_sweep(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
             s = line(ds, "variance_slope")
             se = line(ds, "variance_slope_stderr")
             axes[1].errorbar(s[gdim].values, s.values, yerr=se.values, fmt=marker, ms=4, capsize=2,
-                             label=f"{mode} varied")
+                             label=f"{mode} varied, trained")
+            s0 = line(ds, "init_variance_slope")
+            axes[1].plot(s0[gdim].values, s0.values, marker[0], mfc="none", ms=6, color="grey",
+                         label=f"{mode} varied, at init")
         gg = np.linspace(0.5, 1.0, 11)
         axes[1].plot(gg, 1 - 2 * gg, "k:", label="theory 1 - 2 gamma_outer")
         if "inner" in vary:
