@@ -228,6 +228,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _write_history(path: Path, history: list[dict]) -> None:
     keys = ["epoch", "train_loss", "validation_loss", "lr_factor", "samples", "seconds", "samples_per_second"]
+    keys = list(dict.fromkeys(keys + [k for row in history for k in row]))  # e.g. the a-posteriori columns
 
     def write(tmp):
         with open(tmp, "w", newline="") as fh:

@@ -33,3 +33,15 @@ def test_aposteriori_fine_tuning_writes_a_run_and_lowers_the_unrolled_loss(which
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["training"]["epochs_run"] == 3
     assert "apriori" in metrics
+
+
+def test_history_records_unroll_length_and_skipped_windows(tmp_path, tiny_config, tiny_dataset):
+    import csv
+
+    tiny_config["train"].update({"mode": "aposteriori", "optimizer": "adam", "lr": 1e-3, "epochs": 2,
+                                 "unroll_steps": 5, "unroll_max_steps": 10, "unroll_batch": 2,
+                                 "windows_per_epoch": 2})
+    run = train_aposteriori(config_from_dict(tiny_config), tiny_dataset, tmp_path / "post", progress_enabled=False)
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["unroll_steps"]) for r in rows] == [5, 10]
+    assert all(int(r["skipped_windows"]) == 0 for r in rows)
