@@ -20,7 +20,6 @@ instead of every stage's intermediates.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
@@ -83,10 +82,8 @@ def _isotropic_spectrum(field: torch.Tensor, ndim: int) -> torch.Tensor:
         shell = torch.sqrt(my[:, None] ** 2 + mx[None, :] ** 2).round().long()
         weight = torch.where((mx == 0) | (mx == n // 2), 1.0, 2.0).to(field.dtype).expand(n, -1)
     keep = shell < n // 2
-    flat = (power * weight)[..., keep] if ndim == 1 else (power * weight)[..., keep]
-    index = shell[keep]
     out = torch.zeros(field.shape[:-ndim] + (n // 2,), dtype=field.dtype, device=field.device)
-    return out.index_add(-1, index, flat)
+    return out.index_add(-1, shell[keep], (power * weight)[..., keep])
 
 
 def trajectory_loss(prediction: torch.Tensor, reference: torch.Tensor, ndim: int,
@@ -126,16 +123,10 @@ def steps_per_sample(sample_interval: float, dt: float) -> int:
     return int(round(m))
 
 
-def finite(x: torch.Tensor) -> bool:
-    return bool(torch.isfinite(x).all())
-
-
 def is_blowup(loss: torch.Tensor) -> torch.Tensor:
     """Members whose rollout went non-finite (or absurdly large)."""
     return ~torch.isfinite(loss) | (loss > 1e6)
 
-
-_ = math  # (kept for docstring math references)
 
 
 # =============================================================================== training driver
