@@ -228,6 +228,7 @@ class SweepConfig(Section):
     validation_points: PositiveInt = 8192  # fixed validation points (learning-rate tuning)
     probe_points: PositiveInt = 512  # fixed test inputs on which the across-seed output variance is taken
     aposteriori: bool = False  # also run a short coupled LES (run.time) per run and score it
+    output_bias: bool = True  # train an output bias b_C (outside the theory; False: the papers' network)
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepConfig":

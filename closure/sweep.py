@@ -326,13 +326,13 @@ def _study_data(data: str, config: Config, key: str) -> StudyData:
 
 
 # --------------------------------------------------------------------------- one run
-def build_network(data: StudyData, run: Run, depth: int):
+def build_network(data: StudyData, run: Run, depth: int, output_bias: bool = True):
     """The run's StencilClosure (normalization from the training split), initialized from (seed, width)."""
     from closure.nn import StencilClosure
 
     gammas = [run.gamma_inner] * (depth - 1) + [run.gamma_outer]
     model = StencilClosure(data.ndim, data.stencil, [run.width] * depth, gammas, data.activation,
-                           features=data.features, length=data.length).to(data.dtype)
+                           features=data.features, length=data.length, output_bias=output_bias).to(data.dtype)
     gen = torch.Generator().manual_seed(_seed(run.seed, run.width, 0x1417))
     model.net.reset_parameters(generator=gen)
     model.load_state_dict({**model.state_dict(), **{k: v for k, v in data.template.state_dict().items()
@@ -351,7 +351,7 @@ def train_run(data: StudyData, run: Run, config: Config) -> dict:
     from closure.nn import param_groups
 
     start = _time.perf_counter()
-    model = build_network(data, run, depth_of(config))
+    model = build_network(data, run, depth_of(config), output_bias=config.sweep.output_bias)
     net = model.net
     probe_init = _predict(net, data.probe)
     opt = torch.optim.SGD(param_groups(net, run.lr, "sgd"), lr=run.lr)
@@ -468,6 +468,7 @@ def settings_fingerprint(config: Config, data: Path, created: str) -> str:
         "split": [config.data.validation_fraction, config.data.test_fraction],
         "model": [config.model.stencil, list(config.model.features), config.model.activation],
         "depth": depth_of(config), "batch_size": sw.batch_size,
+        **({} if sw.output_bias else {"output_bias": False}),  # absent when default: older results stay valid
         "points": [sw.test_points, sw.validation_points, sw.probe_points],
         "aposteriori": config.run.model_dump(mode="json") if sw.aposteriori else None,
         "format": RESULT_FORMAT,
@@ -811,6 +812,7 @@ def collect(config: Config, study: dict, tune: Optional[dict] = None, data: Opti
         "depth": depth_of(config),
         "budget": budget,
         "batch_size": sw.batch_size,
+        "output_bias": int(sw.output_bias),
         "base_lr": base_lr(config),
         "tune_lr": int(sw.tune_lr),
         "tune_width": tune_width(config) if sw.tune_lr else -1,
@@ -969,7 +971,8 @@ def summary_markdown(ds, figures: Iterable[Path] = ()) -> str:
         "# Normalization study (closure sweep)",
         "",
         f"- dataset: `{ds.attrs['dataset']}`",
-        f"- network: stencil MLP, {ds.attrs['depth']} hidden layers of width N; {ds.attrs['design']}",
+        f"- network: stencil MLP, {ds.attrs['depth']} hidden layers of width N"
+        f"{'' if ds.attrs.get('output_bias', 1) else ', no output bias'}; {ds.attrs['design']}",
         f"- training: {ds.attrs['optimizer']}; batch {ds.attrs['batch_size']}; budget {ds.attrs['budget']}; "
         f"base rate {ds.attrs['base_lr']:g}" + (f", tuned per gamma at N = {ds.attrs['tune_width']}"
                                                   if ds.attrs["tune_lr"] else " (not tuned)"),

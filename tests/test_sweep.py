@@ -204,3 +204,16 @@ def test_sweep_rejects_inner_with_one_layer(tiny_config, tiny_dataset, tmp_path)
     config = _sweep_config(tiny_config, depth=1)
     with pytest.raises(ClosureError, match="inner"):
         sweep(config, tiny_dataset, tmp_path / "s", workers=0, progress=False)
+
+
+def test_output_bias_option_changes_the_network_and_the_fingerprint(tiny_config, tiny_dataset):
+    from closure.sweep import settings_fingerprint
+
+    config = _sweep_config(tiny_config)
+    plain = _sweep_config(tiny_config, output_bias=False)
+    data = StudyData(tiny_dataset, config)
+    run = Run("study", 1.0, 1.0, 8, 0, 1.0, 1)
+    assert build_network(data, run, 2).net.bC is not None
+    assert build_network(data, run, 2, output_bias=False).net.bC is None
+    path = Path(tiny_dataset)
+    assert settings_fingerprint(config, path, "x") != settings_fingerprint(plain, path, "x")
