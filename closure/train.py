@@ -134,6 +134,16 @@ def check_dataset(config: Config, ds) -> None:
         raise ClosureError(f"model.stencil={config.model.stencil} exceeds the LES grid ({n} points)")
 
 
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, grad_clip: Optional[float]) -> None:
+    """Backpropagate ``loss``, clip the gradient norm (if set), step the optimizer and the schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def learning_rate_factor(schedule: str, step: int, total: int) -> float:
     """The schedule's multiplier at optimizer step ``step`` of ``total`` (module docstring)."""
     frac = min(step / max(total, 1), 1.0)
@@ -491,13 +501,7 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
                 inputs, targets = batch.inputs.to(device), batch.targets.to(device)
                 with autocast():
                     local = ddp(inputs, targets)
-                loss = local * (world / batch.total)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                optimizer_step(local * (world / batch.total), model, optimizer, scheduler, tc.grad_clip)
                 sse += float(local.detach())
                 count += batch.count
                 bar.update(1)

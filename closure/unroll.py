@@ -189,7 +189,8 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
     from closure.progress import log, progress
     from closure.streaming import closure_core, dataset_statistics, field_variable
     from closure.train import (_as_config, _finish, _load_init, _open, _plot_history, _seed_everything,
-                               _write_text, check_dataset, default_run_dir, learning_rate_factor)
+                               _write_text, check_dataset, default_run_dir, learning_rate_factor,
+                               optimizer_step)
 
     config = _as_config(config)
     tc, dtype, device = config.train, resolve_dtype(config.dtype), resolve_device(config.device)
@@ -266,12 +267,7 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
                 if bad.all():
                     continue
                 loss = per[~bad].mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                optimizer_step(loss, model, optimizer, scheduler, tc.grad_clip)
                 acc += float(loss.detach()) * int((~bad).sum())
                 count += int((~bad).sum())
                 bar.set_postfix(loss=acc / max(count, 1), K=samples * per_sample)

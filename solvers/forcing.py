@@ -50,42 +50,40 @@ class Forcing:
             raise ValueError(f"{type(self).__name__} forcing is {self.ndim}D, the grid is {grid.ndim}D")
 
 
-class Kolmogorov(Forcing):
-    """Vorticity forcing ``-A k cos(k y)`` of the velocity forcing ``(A sin(k y), 0)``."""
+class _SingleWavenumber(Forcing):
+    """A steady 2D forcing at one integer wavenumber ``k`` with amplitude ``A``."""
 
     ndim = 2
 
     def __init__(self, wavenumber: int = 4, amplitude: float = 1.0):
         self.wavenumber = wavenumber
         self.amplitude = amplitude
+
+    def physical_wavenumber(self, grid: SpectralGrid) -> float:
+        return 2 * math.pi * self.wavenumber / grid.length
+
+    def __repr__(self):
+        return f"{type(self).__name__}(wavenumber={self.wavenumber}, amplitude={self.amplitude})"
+
+
+class Kolmogorov(_SingleWavenumber):
+    """Vorticity forcing ``-A k cos(k y)`` of the velocity forcing ``(A sin(k y), 0)``."""
 
     def physical(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
         self.check_grid(grid)
         _, y = grid.mesh()
-        k = 2 * math.pi * self.wavenumber / grid.length
+        k = self.physical_wavenumber(grid)
         return -self.amplitude * k * torch.cos(k * y)
 
-    def __repr__(self):
-        return f"Kolmogorov(wavenumber={self.wavenumber}, amplitude={self.amplitude})"
 
-
-class Guan(Forcing):
+class Guan(_SingleWavenumber):
     """Vorticity forcing ``-A k_f (cos k_f x + cos k_f y)`` (Guan et al. 2022)."""
-
-    ndim = 2
-
-    def __init__(self, wavenumber: int = 4, amplitude: float = 1.0):
-        self.wavenumber = wavenumber
-        self.amplitude = amplitude
 
     def physical(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
         self.check_grid(grid)
         x, y = grid.mesh()
-        k = 2 * math.pi * self.wavenumber / grid.length
+        k = self.physical_wavenumber(grid)
         return -self.amplitude * k * (torch.cos(k * x) + torch.cos(k * y))
-
-    def __repr__(self):
-        return f"Guan(wavenumber={self.wavenumber}, amplitude={self.amplitude})"
 
 
 def seed_for(*keys: int) -> int:

@@ -20,6 +20,10 @@ OUTPUTS = ("model.pt", "config.yaml", "splits.json", "metrics.json", "history.cs
            "checkpoint.pt")
 
 
+def _checkpoint_model(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
 @pytest.fixture(scope="module")
 def data2d(tmp_path_factory):
     raw = tiny_raw_config(samples=8)
@@ -201,8 +205,7 @@ def test_early_stopping_keeps_the_best_weights(data2d, tmp_path, monkeypatch):
     monkeypatch.setattr(ct, "_validation_loss", lambda *a, **k: next(losses))
     snapshots = []
     run = train(config_from_dict(raw), path, tmp_path / "es", progress_enabled=False, apriori=False,
-                callback=lambda row: snapshots.append(torch.load(tmp_path / "es" / "checkpoint.pt",
-                                                                 weights_only=True)["model"]))
+                callback=lambda row: snapshots.append(_checkpoint_model(tmp_path / "es" / "checkpoint.pt")))
     metrics = json.loads((run / "metrics.json").read_text())["training"]
     assert metrics["stopped_early"] and metrics["epochs_run"] == 4 and metrics["best_epoch"] == 2
     assert metrics["best_validation_loss"] == 0.5
