@@ -301,8 +301,10 @@ def test_output_variance_after_training_intermediate_gammas(gamma):
 @pytest.mark.parametrize("inner", [0.5, 1.0])
 @pytest.mark.parametrize("outer", [0.5, 1.0])
 def test_output_variance_after_training_two_layers(inner, outer):
+    """The trained law follows the outer gamma whatever the inner one. With 24 seeds the fitted
+    slope carries a standard error of ~0.09 (docs/normalization.md), hence 0.15 here."""
     slope = _variance_over_seeds(lambda n: [64, n], [inner, outer], seeds=24, train_time=1.0)
-    assert abs(slope - (1 - 2 * outer)) < 0.1, slope
+    assert abs(slope - (1 - 2 * outer)) < 0.15, slope
 
 
 # ---------------------------------------------------------------- one step, coordinate check

@@ -118,7 +118,6 @@ def test_burgers_cole_hopf():
     assert (u1[0] - cole_hopf(x, 1.0, nu)).abs().max() < 1e-9
 
 
-@pytest.mark.slow
 def test_basdevant_shock_gradient():
     """u0 = -sin(pi x) on [-1, 1], nu = 1/(100 pi): u_x(0, 1.6037/pi) = -152.00516."""
     n, nu = 4096, 1 / (100 * math.pi)
