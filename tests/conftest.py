@@ -98,3 +98,12 @@ def tiny_burgers_dataset(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny_burgers") / "burgers.nc"
     return generate(config_from_dict(tiny_burgers_config_dict(), "tiny_burgers_config"), out, progress=False)
+
+
+@pytest.fixture
+def default_float64():
+    """Set torch's default dtype to float64 for one test, restored afterwards (it is global)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -25,12 +25,8 @@ from closure.nn import (
 
 
 @pytest.fixture(autouse=True)
-def _float64():
-    """float64 for exact comparisons, restored afterwards (the default dtype is global)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+def _float64(default_float64):
+    """float64 for exact comparisons (conftest.default_float64)."""
 
 
 def _explicit_patch_1d(u, j, s):

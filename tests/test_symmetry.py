@@ -23,11 +23,8 @@ from closure.nn import (
 
 
 @pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+def _float64(default_float64):
+    """float64 for exact comparisons (conftest.default_float64)."""
 
 
 def _grid(n):

@@ -169,15 +169,4 @@ class ConvClosure(FieldClosure):
 
     def architecture(self) -> dict:
         net = self.net.architecture()["kwargs"]
-        options = {k: net[k] for k in ("bias", "output_bias", "output_init", "input_scaling")}
-        kwargs = {
-            "ndim": self.ndim,
-            "stencil": self.stencil,
-            "hidden": net["channels"],
-            "gammas": net["gammas"],
-            "activation": net["activation"],
-            "features": list(self.features),
-            "length": self.length,
-            **options,
-        }
-        return {"class": "ConvClosure", "kwargs": kwargs}
+        return self._architecture(net["channels"], net)

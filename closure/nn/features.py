@@ -196,6 +196,21 @@ class FieldClosure(nn.Module):
         y = self.predict(self.normalize_input(state))
         return y * self.output_std + self.output_mean
 
+    def _architecture(self, hidden: list, net_kwargs: dict) -> dict:
+        """The saved description shared by the stencil and convolutional closures."""
+        options = {k: net_kwargs[k] for k in ("bias", "output_bias", "output_init", "input_scaling")}
+        kwargs = {
+            "ndim": self.ndim,
+            "stencil": self.stencil,
+            "hidden": hidden,
+            "gammas": net_kwargs["gammas"],
+            "activation": net_kwargs["activation"],
+            "features": list(self.features),
+            "length": self.length,
+            **options,
+        }
+        return {"class": type(self).__name__, "kwargs": kwargs}
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

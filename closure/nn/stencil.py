@@ -94,18 +94,7 @@ class StencilClosure(FieldClosure):
 
     def architecture(self) -> dict:
         net = self.net.architecture()["kwargs"]
-        options = {k: net[k] for k in ("bias", "output_bias", "output_init", "input_scaling")}
-        kwargs = {
-            "ndim": self.ndim,
-            "stencil": self.stencil,
-            "hidden": net["hidden"],
-            "gammas": net["gammas"],
-            "activation": net["activation"],
-            "features": list(self.features),
-            "length": self.length,
-            **options,
-        }
-        return {"class": "StencilClosure", "kwargs": kwargs}
+        return self._architecture(net["hidden"], net)
 
     def extra_repr(self) -> str:
         return f"ndim={self.ndim}, stencil={self.stencil}, features={self.features}"
