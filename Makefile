@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv test test-all demo gpu-check bench clean
+.PHONY: venv lint test test-all demo gpu-check bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# The import layering (pyproject.toml, [tool.importlinter]): arrows point down, no circles.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)

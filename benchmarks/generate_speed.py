@@ -1,6 +1,6 @@
 """Dataset generation speed versus batch size (trajectories integrated together).
 
-For each config and batch size B, runs `closure.generate.simulate_batch` on B
+For each config and batch size B, runs `closure.data.generation.simulate_batch` on B
 trajectories for a reduced number of steps (the config's own dt, grids, filter,
 sample interval) and reports
 
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from closure.config import load_config  # noqa: E402
-from closure.generate import simulate_batch  # noqa: E402
+from closure.data.generation import simulate_batch  # noqa: E402
 
 # steps timed per config (kept short for the large grid)
 STEPS = {"quickstart": 200, "kolmogorov2d": 20}
@@ -57,8 +57,8 @@ def measure(config, batch: int, steps: int, device: str, repeats: int = 2) -> tu
         best = min(best, time.perf_counter() - t0)
     # snapshot cost: a run with no steps between two snapshots is not allowed; estimate from the
     # filter + sgs evaluation directly
-    from closure.sgs import sgs_hat
-    from closure.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
+    from closure.data.sgs import sgs_hat
+    from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
 
     seeds = trajectory_seeds(cfg, ids)
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64

@@ -33,9 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from closure.baselines import make_closure  # noqa: E402
+from closure.les.baselines import make_closure  # noqa: E402
 from closure.config import load_config, resolve_device, resolve_dtype  # noqa: E402
-from closure.system import dns_equation, les_equation, trajectory_seeds  # noqa: E402
+from closure.data.system import dns_equation, les_equation, trajectory_seeds  # noqa: E402
 
 SECTION = "## Coupled LES"
 MODELS = ("none", "smagorinsky", "dynamic_smagorinsky", "leith", "learned")
@@ -67,7 +67,7 @@ def time_steps(equation, state, dt, closure, method, min_steps=5, budget_s=1.5, 
 
 
 def random_state(config, grid, batch):
-    from closure.system import initial_state
+    from closure.data.system import initial_state
 
     return initial_state(config, grid, trajectory_seeds(config, range(batch)))
 

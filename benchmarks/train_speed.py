@@ -4,7 +4,7 @@
 
 A dataset in the contract's schema (random fields, 4 trajectories x 64
 snapshots of 64^2, float32, on disk as netCDF) is streamed with
-``closure.streaming.SampleStream`` exactly as ``closure train`` does. Three rates,
+``closure.data.streaming.SampleStream`` exactly as ``closure train`` does. Three rates,
 in stencil points (samples) per second:
 
 - pipeline: iterating the stream alone (read block, normalize, gather patches);
@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from closure.config import config_from_dict  # noqa: E402
-from closure.dataset import build_dataset, open_dataset, write  # noqa: E402
+from closure.data.dataset import build_dataset, open_dataset, write  # noqa: E402
 from closure.nn import build_model, param_groups  # noqa: E402
-from closure.streaming import Prefetcher, SampleStream, plan_blocks  # noqa: E402
+from closure.data.streaming import Prefetcher, SampleStream, plan_blocks  # noqa: E402
 
 
 def make_dataset(path: Path, n: int = 64, trajectories: int = 4, snapshots: int = 64) -> Path:
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
             f"    .venv/bin/python benchmarks/train_speed.py --threads {args.threads}\n\n"
             f"(best of {args.repeats} runs per rate, {args.samples} samples per run)\n\n"
             + out + "\n\n"
-            "- *pipeline*: `closure.streaming.SampleStream` alone (read a block of snapshots from the netCDF\n"
+            "- *pipeline*: `closure.data.streaming.SampleStream` alone (read a block of snapshots from the netCDF\n"
             "  file with dask, normalize, gather the stencil patches of random points);\n"
             "- *train step*: forward, backward, clipping and the SGD step on batches already in memory;\n"
             "- *end to end*: the training loop fed by the stream through the prefetch thread (what\n"

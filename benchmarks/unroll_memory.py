@@ -18,7 +18,7 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, torch, solvers
-from closure.unroll import rollout
+from closure.training.unroll import rollout
 from closure.nn import build_model
 n, batch, steps, ck = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 ck = None if ck == "none" else int(ck)

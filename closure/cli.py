@@ -59,7 +59,7 @@ def _check_scale_out(args):
 def cmd_generate(args) -> int:
     _check_scale_out(args)
     config = _load(args)
-    from closure.generate import generate
+    from closure.data.generation import generate
 
     kwargs = {"progress": False} if getattr(args, "quiet", False) else {}
     path = generate(config, args.output, scheduler=args.scheduler, workers=args.workers, **kwargs)
@@ -73,7 +73,7 @@ def cmd_train(args) -> int:
     if args.init is not None and not Path(args.init).is_dir():
         raise ClosureError(f"{args.init}: --init run directory not found")
     run_dir = Path(args.output) if args.output else Path("runs") / _stem(args.config) / "train"
-    from closure.train import train
+    from closure.training.trainer import train
 
     result = train(config, data, run_dir, resume=args.resume, init=args.init)
     print(result if result is not None else run_dir)
@@ -87,7 +87,7 @@ def cmd_les(args) -> int:
     if model not in BASELINES and not Path(model).is_dir():
         raise ClosureError(f"--model {model}: neither a baseline ({', '.join(BASELINES)}) "
                            "nor a training run directory")
-    from closure.les import run_les
+    from closure.les.coupled import run_les
 
     result = run_les(config, model, data, Path(args.output))
     print(result if result is not None else args.output)
@@ -97,7 +97,7 @@ def cmd_les(args) -> int:
 def cmd_evaluate(args) -> int:
     reference = _require_file(args.reference, "reference dataset file")
     runs = [_require_file(r, "LES file") for r in args.runs]
-    from closure.evaluate import evaluate
+    from closure.evaluation.compare import evaluate
 
     result = evaluate(reference, runs, Path(args.output))
     if isinstance(result, dict):
@@ -130,7 +130,7 @@ def cmd_sweep(args) -> int:
     _check_scale_out(args)
     config = _load(args)
     data = _require_file(args.data, "dataset file")
-    from closure.sweep import sweep
+    from closure.study.normalization import sweep
 
     result = sweep(config, data, Path(args.output), scheduler=args.scheduler, workers=args.workers)
     print(result if result is not None else args.output)
@@ -146,7 +146,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from closure import __version__
+    from closure._version import __version__
 
     parser = _Parser(prog="closure", description="Filtered-DNS datasets, neural SGS closures, coupled LES.")
     parser.add_argument("--version", action="version", version=f"closure {__version__}")

@@ -5,10 +5,10 @@
 Layout of ``out_dir``::
 
     config.yaml          the resolved config of the last pipeline run
-    dataset.nc           closure.generate.generate(config, ...)
-    train/               closure.train.train(config, dataset, ...)  (only if run.models needs it)
-    les/<model>.nc       closure.les.run_les(config, model, dataset, ...) for every model in run.models
-    report/              closure.evaluate.evaluate(dataset, les files, ...)
+    dataset.nc           closure.data.generation.generate(config, ...)
+    train/               closure.training.trainer.train(config, dataset, ...)  (only if run.models needs it)
+    les/<model>.nc       closure.les.coupled.run_les(config, model, dataset, ...) for every model in run.models
+    report/              closure.evaluation.compare.evaluate(dataset, les files, ...)
 
 ``run.models`` holds baseline names (``none``, ``smagorinsky``,
 ``dynamic_smagorinsky``, ``leith``), ``learned`` (the model trained in
@@ -18,7 +18,7 @@ Resuming: a stage whose outputs exist and were made from the same config (the
 sections that determine them) and from the current inputs is skipped, so an
 interrupted or extended pipeline (another model in ``run.models``, a longer
 ``run.time``) redoes only what changed. The dataset is checked with its
-stored config (`closure.generate.generation_key`; generation itself resumes finished parts), the
+stored config (`closure.data.generation.generation_key`; generation itself resumes finished parts), the
 training run with its ``config.yaml`` and the LES files with a
 ``pipeline_key`` attribute (run section, device, dtype, the dataset's key and
 the model file's size and modification time). The evaluation is always redone
@@ -35,7 +35,7 @@ from typing import Optional, Union
 
 import yaml
 
-from closure.baselines import is_baseline
+from closure.les.baselines import is_baseline
 from closure.config import Config, config_to_dict, config_to_yaml
 from closure.errors import ClosureError
 
@@ -54,10 +54,10 @@ def dataset_is_current(config: Config, path: Path) -> bool:
     """True if ``path`` is a complete dataset generated from the same values of ``config``."""
     if not path.is_file():
         return False
-    from closure.generate import generation_key
+    from closure.data.generation import generation_key
     import xarray as xr
 
-    from closure.dataset import dataset_config
+    from closure.data.dataset import dataset_config
 
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
@@ -97,7 +97,7 @@ def _file_stamp(path: Path) -> dict:
 
 def les_key(config: Config, model: str, dataset: Path, model_dir: Optional[Path]) -> str:
     """What an LES file depends on, as a JSON string (stored in its ``pipeline_key`` attribute)."""
-    from closure.generate import generation_key
+    from closure.data.generation import generation_key
 
     d = config_to_dict(config)
     key = {"run": d["run"], "device": d["device"], "dtype": d["dtype"], "data": d["data"], "model": model,
@@ -127,9 +127,9 @@ def _model_file_name(model: str) -> str:
 
 def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Union[str, Path]] = None) -> Path:
     """Run generate -> train -> les -> evaluate into ``out_dir`` (resuming); return ``report/report.md``."""
-    from closure.evaluate import evaluate
-    from closure.generate import generate
-    from closure.les import run_les
+    from closure.evaluation.compare import evaluate
+    from closure.data.generation import generate
+    from closure.les.coupled import run_les
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
         if training_is_current(config, run_dir, dataset):
             _say("pipeline: trained model %s is up to date, skipping training", run_dir / "model.pt")
         else:
-            from closure.train import train
+            from closure.training.trainer import train
 
             _say("pipeline: [2/4] train -> %s", run_dir)
             for stale in ("model.pt", "checkpoint.pt"):

@@ -4,7 +4,7 @@
   6 trajectories, 4 snapshots); validate it with `closure.config.config_from_dict`
   after any changes.
 - `tiny_dataset`: a session-scoped dataset file generated from `tiny_config`
-  (keep_dns on), in a temporary folder; open it with `closure.dataset.open_dataset`.
+  (keep_dns on), in a temporary folder; open it with `closure.data.dataset.open_dataset`.
 - `tiny_burgers_config` / `tiny_burgers_dataset`: the same for Burgers (DNS 64 -> LES 16).
 
 Torch runs single-threaded in the tests: on small grids threads only add
@@ -84,7 +84,7 @@ def tiny_burgers_config() -> dict:
 def tiny_dataset(tmp_path_factory):
     """Path of a tiny 2D dataset (6 trajectories x 4 snapshots, 16^2, keep_dns) generated once per session."""
     from closure.config import config_from_dict
-    from closure.generate import generate
+    from closure.data.generation import generate
 
     out = tmp_path_factory.mktemp("tiny_dataset") / "tiny.nc"
     return generate(config_from_dict(tiny_config_dict(), "tiny_config"), out, progress=False)
@@ -94,7 +94,7 @@ def tiny_dataset(tmp_path_factory):
 def tiny_burgers_dataset(tmp_path_factory):
     """Path of a tiny Burgers dataset (6 trajectories x 4 snapshots, 16 points, keep_dns)."""
     from closure.config import config_from_dict
-    from closure.generate import generate
+    from closure.data.generation import generate
 
     out = tmp_path_factory.mktemp("tiny_burgers") / "burgers.nc"
     return generate(config_from_dict(tiny_burgers_config_dict(), "tiny_burgers_config"), out, progress=False)

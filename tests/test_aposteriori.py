@@ -7,8 +7,8 @@ import torch
 
 from closure.config import config_from_dict
 from closure.nn import load_model
-from closure.train import train
-from closure.unroll import curriculum, train_aposteriori
+from closure.training.trainer import train
+from closure.training.unroll import curriculum, train_aposteriori
 
 
 def test_curriculum_doubles_then_caps():

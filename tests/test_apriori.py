@@ -1,4 +1,4 @@
-"""A-priori metrics (closure.apriori) on exact cases and on a streamed dataset."""
+"""A-priori metrics (closure.training.apriori) on exact cases and on a streamed dataset."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from closure import dataset as cds
-from closure.apriori import (AprioriAccumulator, correlation, evaluate, hellinger, r2, relative_l2,
+from closure.data import dataset as cds
+from closure.training.apriori import (AprioriAccumulator, correlation, evaluate, hellinger, r2, relative_l2,
                              smagorinsky_fallback, transfer_fields)
 from closure.config import config_from_dict
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import solvers
-from closure.baselines import (DynamicSmagorinsky, Leith, NoClosure, Smagorinsky, Sum, is_baseline,
+from closure.les.baselines import (DynamicSmagorinsky, Leith, NoClosure, Smagorinsky, Sum, is_baseline,
                                make_closure)
 from closure.config import config_from_dict
 from closure.errors import ClosureError

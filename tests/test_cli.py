@@ -147,12 +147,12 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_keyboard_interrupt_exits_130(config_file, monkeypatch, capsys):
-    import closure.generate
+    import closure.data.generation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(closure.generate, "generate", interrupted)
+    monkeypatch.setattr(closure.data.generation, "generate", interrupted)
     assert main(["generate", str(config_file)]) == 130
 
 
@@ -175,9 +175,9 @@ def test_dispatch_passes_the_contract_arguments(config_file, tiny_dataset, tmp_p
             setattr(mod, name, f)
             monkeypatch.setitem(sys.modules, module, mod)
 
-    for module, name in [("closure.generate", "generate"), ("closure.train", "train"), ("closure.les", "run_les"),
-                         ("closure.evaluate", "evaluate"), ("closure.pipeline", "pipeline"),
-                         ("closure.sweep", "sweep")]:
+    for module, name in [("closure.data.generation", "generate"), ("closure.training.trainer", "train"), ("closure.les.coupled", "run_les"),
+                         ("closure.evaluation.compare", "evaluate"), ("closure.pipeline", "pipeline"),
+                         ("closure.study.normalization", "sweep")]:
         fake(module, name)
     cfg = str(config_file)
     data = str(tiny_dataset)

@@ -11,7 +11,7 @@ import xarray as xr
 import yaml
 
 from closure.config import config_from_dict, config_to_yaml
-from closure.dataset import (REQUIRED_ATTRS, build_dataset, dataset_config, open_dataset, split_trajectories,
+from closure.data.dataset import (REQUIRED_ATTRS, build_dataset, dataset_config, open_dataset, split_trajectories,
                              validate, write)
 from closure.errors import ClosureError
 

@@ -11,12 +11,12 @@ import torch
 import xarray as xr
 
 import solvers
-from closure import metrics as M
+from closure.evaluation import metrics as M
 from closure.config import config_from_dict
 from closure.errors import ClosureError
-from closure.evaluate import evaluate, match_times
-from closure.les import run_les, write_atomic
-from closure.report import FIGURES
+from closure.evaluation.compare import evaluate, match_times
+from closure.les.coupled import run_les, write_atomic
+from closure.evaluation.report import FIGURES
 
 
 # ------------------------------------------------------------------------------ metrics

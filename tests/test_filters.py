@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from closure.filters import Filter, prolong_hat, restrict_hat
+from closure.data.filters import Filter, prolong_hat, restrict_hat
 from solvers.spectral import SpectralGrid
 
 L = 2 * math.pi

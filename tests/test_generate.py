@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from closure import generate as gen
+from closure.data import generation as gen
 from closure.config import config_from_dict
-from closure.dataset import dataset_config, open_dataset
+from closure.data.dataset import dataset_config, open_dataset
 from closure.errors import ClosureError
-from closure.sgs import filtered_field_and_sgs
-from closure.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
+from closure.data.sgs import filtered_field_and_sgs
+from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
 
 
 def _load(path):

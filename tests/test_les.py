@@ -10,10 +10,10 @@ import torch
 import xarray as xr
 
 import solvers
-from closure import dataset as ds_io
+from closure.data import dataset as ds_io
 from closure.config import config_from_dict
 from closure.errors import ClosureError
-from closure.les import integrate, run_les, time_dns
+from closure.les.coupled import integrate, run_les, time_dns
 
 
 def _config(raw, **run):
@@ -54,7 +54,7 @@ def test_run_les_writes_the_dataset_schema(tiny_config, tiny_dataset, tmp_path):
 
 def test_les_matches_the_solver_run_directly(tiny_config, tiny_dataset, tmp_path):
     """The saved snapshots are the LES solver's states at the sample times (no-closure case)."""
-    from closure.system import les_equation
+    from closure.data.system import les_equation
 
     config = _config(tiny_config)
     path = run_les(config, "none", tiny_dataset, tmp_path / "none.nc", show_progress=False)
@@ -93,8 +93,8 @@ def test_blowup_is_dropped_and_the_others_continue():
 
 def test_blowups_are_recorded_in_the_output(tiny_config, tiny_dataset, tmp_path, monkeypatch):
     """Through run_les: a closure that explodes every trajectory leaves NaN snapshots and blow-up times."""
-    import closure.les as les_module
-    from closure.baselines import Closure
+    import closure.les.coupled as les_module
+    from closure.les.baselines import Closure
 
     class Explode(Closure):
         def forward(self, state):

@@ -9,7 +9,7 @@ import pytest
 from closure.config import config_from_dict
 from closure.errors import ClosureError
 from closure.pipeline import pipeline
-from closure.report import FIGURES
+from closure.evaluation.report import FIGURES
 
 
 def test_pipeline_end_to_end_and_resume(tiny_config, tmp_path):

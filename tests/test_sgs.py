@@ -19,9 +19,9 @@ import torch
 
 
 from closure.config import config_from_dict
-from closure.filters import Filter
-from closure.sgs import filtered_field_and_sgs, sgs_hat
-from closure.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
+from closure.data.filters import Filter
+from closure.data.sgs import filtered_field_and_sgs, sgs_hat
+from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
 from solvers.integrators import ETDRK4
 
 

@@ -1,4 +1,4 @@
-"""The streaming data pipeline (closure.streaming): blocks, patches, sampling, sharding, memory."""
+"""The streaming data pipeline (closure.data.streaming): blocks, patches, sampling, sharding, memory."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from closure import dataset as cds
-from closure import sgs as csgs
-from closure import system
+from closure.data import dataset as cds
+from closure.data import sgs as csgs
+from closure.data import system
 from closure.config import config_from_dict
 from closure.errors import ClosureError
 from closure.nn import build_model, stencil_patches
-from closure.streaming import (Prefetcher, SampleStream, channel_statistics, dataset_statistics, load_block,
+from closure.data.streaming import (Prefetcher, SampleStream, channel_statistics, dataset_statistics, load_block,
                                plan_blocks, point_patches)
 
 
@@ -38,7 +38,7 @@ def tiny_raw_config(equation: str = "navier_stokes_2d", n_dns: int = 32, n_les: 
 
 
 def write_tiny_dataset(path, raw: dict) -> str:
-    """Real filtered DNS (closure.system / closure.sgs) written in the contract's schema."""
+    """Real filtered DNS (closure.data.system / closure.data.sgs) written in the contract's schema."""
     config = config_from_dict(raw)
     samples, trajectories = config.dns.samples, config.dns.trajectories
     ids = list(range(trajectories))
@@ -157,7 +157,7 @@ def test_pipeline_never_holds_more_than_its_group(data2d, monkeypatch):
     ds = cds.open_dataset(path)
     total_values = 2 * ds.omega.size
     reads = []
-    import closure.streaming as cs
+    import closure.data.streaming as cs
 
     original = cs.load_block
 
@@ -214,7 +214,7 @@ def test_non_finite_block_is_a_closure_error(data2d, tmp_path):
 def test_dealias_residual_feature_is_the_discarded_advection(ndim):
     """closure.nn's dealias_residual = P N(prolonged field) - N_les(field), N on a grid twice as fine."""
     import solvers
-    from closure.filters import prolong_hat, restrict_hat
+    from closure.data.filters import prolong_hat, restrict_hat
     from closure.nn.features import dealias_residual
 
     n = 16

@@ -1,4 +1,4 @@
-"""The normalization study (closure.sweep): slope fitting, patches, the network's variance law,
+"""The normalization study (closure.study.normalization): slope fitting, patches, the network's variance law,
 the dask sweep end to end with resume, learning-rate tuning, the CLI."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import xarray as xr
 
 from closure.config import config_from_dict
-from closure.sweep import (
+from closure.study.normalization import (
     Run,
     build_network,
     fit_power_law,
@@ -207,7 +207,7 @@ def test_sweep_rejects_inner_with_one_layer(tiny_config, tiny_dataset, tmp_path)
 
 
 def test_output_bias_option_changes_the_network_and_the_fingerprint(tiny_config, tiny_dataset):
-    from closure.sweep import settings_fingerprint
+    from closure.study.normalization import settings_fingerprint
 
     config = _sweep_config(tiny_config)
     plain = _sweep_config(tiny_config, output_bias=False)

@@ -1,4 +1,4 @@
-"""A-priori training (closure.train): outputs, determinism, resume, DDP, config/data errors."""
+"""A-priori training (closure.training.trainer): outputs, determinism, resume, DDP, config/data errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from closure.config import config_from_dict
 from closure.errors import ClosureError
 from closure.nn import load_model
-from closure.train import TrainingInterrupted, launch_local, learning_rate_factor, train
+from closure.training.trainer import TrainingInterrupted, launch_local, learning_rate_factor, train
 
 from test_streaming import tiny_raw_config, write_tiny_dataset
 
@@ -196,7 +196,7 @@ def test_burgers_and_whole_field_models(tmp_path):
 
 
 def test_early_stopping_keeps_the_best_weights(data2d, tmp_path, monkeypatch):
-    import closure.train as ct
+    import closure.training.trainer as ct
 
     path, raw = data2d
     raw = json.loads(json.dumps(raw))

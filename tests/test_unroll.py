@@ -5,7 +5,7 @@ import torch
 
 import solvers
 from closure.nn import build_model
-from closure.unroll import rollout, steps_per_sample, trajectory_loss, window_loss
+from closure.training.unroll import rollout, steps_per_sample, trajectory_loss, window_loss
 
 F64 = torch.float64
 

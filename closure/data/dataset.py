@@ -72,7 +72,7 @@ def _coordinate(n: int, length: float) -> np.ndarray:
 
 
 def _version() -> str:
-    from closure import __version__
+    from closure._version import __version__
 
     return __version__
 

@@ -66,7 +66,7 @@ __all__ = [
 # --------------------------------------------------------------------------- helpers
 def field_variable(ds: xr.Dataset) -> str:
     """The filtered field's variable name: ``omega`` (2D) or ``u`` (1D)."""
-    from closure.dataset import FIELD_NAMES
+    from closure.data.dataset import FIELD_NAMES
 
     return FIELD_NAMES[ds.attrs["equation"]]
 

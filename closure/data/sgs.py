@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from closure.filters import Filter
+from closure.data.filters import Filter
 
 __all__ = ["coarse_grain", "sgs_hat", "filtered_field_and_sgs"]
 

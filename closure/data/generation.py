@@ -1,11 +1,11 @@
 """DNS ensembles -> filtered datasets with exact SGS terms (in-process or on dask.distributed).
 
 For each of ``dns.trajectories`` independent random initial conditions (seeded per
-trajectory by `closure.system.trajectory_seeds`, so values do not depend on how
+trajectory by `closure.data.system.trajectory_seeds`, so values do not depend on how
 trajectories are batched or distributed), the DNS is integrated for
 ``dns.spinup_time``, then ``dns.samples`` snapshots are taken every
 ``dns.sample_interval``. Each snapshot is filtered and restricted (``P G w``) and
-its exact SGS term computed (`closure.sgs`).
+its exact SGS term computed (`closure.data.sgs`).
 
 Trajectories are integrated ``dns.batch_size`` at a time (one batch = one task =
 one *part file*, written atomically under ``<output>.parts/``). When every part
@@ -33,12 +33,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from closure import dataset as ds_io
+from closure.data import dataset as ds_io
 from closure.config import Config, config_from_yaml, config_to_yaml, resolve_device, resolve_dtype
 from closure.errors import ClosureError
 from closure.progress import progress as progress_bar
 
-log = logging.getLogger("closure.generate")
+log = logging.getLogger("closure.data.generation")
 
 __all__ = ["generate", "simulate_batch", "plan_parts", "default_output", "generation_key"]
 
@@ -87,8 +87,8 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
 
     Raises `ClosureError` naming the trajectory and the model time if the DNS blows up.
     """
-    from closure.sgs import sgs_hat
-    from closure.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
+    from closure.data.sgs import sgs_hat
+    from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
 
     ids = [int(i) for i in ids]
     n_real = len(ids)

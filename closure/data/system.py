@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 import solvers
-from closure.filters import Filter
+from closure.data.filters import Filter
 from solvers.forcing import Forcing, seed_for
 from solvers.spectral import SpectralGrid
 

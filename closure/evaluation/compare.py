@@ -3,19 +3,19 @@
     evaluate(reference, runs, report_dir) -> dict      # {model name: metrics}
 
 ``reference`` is the filtered-DNS dataset, ``runs`` the LES files written by
-`closure.les.run_les`. Each run is matched with the reference by trajectory id
+`closure.les.coupled.run_les`. Each run is matched with the reference by trajectory id
 and time (the LES saves at the dataset's sample times): the comparison window is
 the overlap of the run's times with the reference's (a run longer than the
 dataset is evaluated where the reference exists; a shorter one on its own span).
 
-Metrics per model (CONTRACT.md; definitions in `closure.metrics`):
+Metrics per model (CONTRACT.md; definitions in `closure.evaluation.metrics`):
 
 - ``spectrum_error``: time- and trajectory-averaged spectra over the window
   (the snapshots where the run is finite, the same snapshots of the reference),
   mean ``|log10 E - log10 E_ref|`` over ``1 <= k <= k_les = n_les/2 - 1``.
 - ``pdf_distance``: Hellinger distance of the field's histograms (vorticity in
   2D, velocity in 1D) over the same snapshots, on common bins fixed by the
-  reference (`closure.metrics.pdf_edges`).
+  reference (`closure.evaluation.metrics.pdf_edges`).
 - ``decorrelation_time``: first time (since the start) at which the Pearson
   correlation with the reference falls below 0.95, averaged over trajectories;
   ``decorrelation_censored`` counts the trajectories that stayed above it for
@@ -30,10 +30,10 @@ Metrics per model (CONTRACT.md; definitions in `closure.metrics`):
   window (NaN -> null where every trajectory has blown up);
   ``correlation``: the trajectory-mean correlation series.
 - ``cost_ratio``: LES wall time per unit model time over the DNS's
-  (`closure.les`); ``speedup`` its inverse; plus the raw timings.
+  (`closure.les.coupled`); ``speedup`` its inverse; plus the raw timings.
 
 Writes ``metrics.json``, ``metrics.csv``, ``reference.json`` (the filtered
-DNS's series and spectrum), the figures and ``report.md`` (`closure.report`).
+DNS's series and spectrum), the figures and ``report.md`` (`closure.evaluation.report`).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ from typing import Sequence, Union
 import numpy as np
 import xarray as xr
 
-from closure import dataset as ds_io
-from closure import metrics as M
+from closure.data import dataset as ds_io
+from closure.evaluation import metrics as M
 from closure.errors import ClosureError
 
-log = logging.getLogger("closure.evaluate")
+log = logging.getLogger("closure.evaluation.compare")
 
 __all__ = ["evaluate", "compare", "load_run", "match_times", "SCALAR_KEYS"]
 
@@ -269,7 +269,7 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
     _write_json(report_dir / "reference.json", reference_info)
     _write_csv(report_dir / "metrics.csv", results)
     if figures:
-        from closure import report
+        from closure.evaluation import report
 
         report.write_report(report_dir, results, extras, reference_info, edges, ref_ds.attrs, ndim, length)
     ref_ds.close()

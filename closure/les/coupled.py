@@ -11,12 +11,12 @@
 - ``model``: a training run directory (its ``model.pt`` is loaded with
   `closure.nn.load_model`, and its ``splits.json`` names the test
   trajectories) or a baseline name (``none``, ``smagorinsky``,
-  ``dynamic_smagorinsky``, ``leith``, or a ``+`` sum, see `closure.baselines`).
+  ``dynamic_smagorinsky``, ``leith``, or a ``+`` sum, see `closure.les.baselines`).
   Without a run directory the test trajectories are
   ``split_trajectories(n, data.validation_fraction, data.test_fraction, seed)["test"]``,
   the split the training uses.
 - Each test trajectory starts from its first snapshot (model time
-  ``t0 = dns.spinup_time``) and the LES (`closure.system.les_equation`, filtered
+  ``t0 = dns.spinup_time``) and the LES (`closure.data.system.les_equation`, filtered
   forcing ``P G f``; the stochastic Burgers forcing gets each trajectory's own
   seed and the absolute model time, so it is the DNS's forcing) runs for
   ``run.time`` with steps of ``run.dt``, all test trajectories in one batch on
@@ -55,13 +55,13 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from closure import dataset as ds_io
-from closure.baselines import BASELINES, is_baseline, make_closure
+from closure.data import dataset as ds_io
+from closure.les.baselines import BASELINES, is_baseline, make_closure
 from closure.config import Config, resolve_device, resolve_dtype
 from closure.errors import ClosureError
 from closure.progress import progress
 
-log = logging.getLogger("closure.les")
+log = logging.getLogger("closure.les.coupled")
 
 __all__ = ["run_les", "test_trajectories", "les_config", "time_dns", "model_label", "LESResult", "integrate"]
 
@@ -147,14 +147,14 @@ class cpu_threads:
 
 def time_dns(config: Config, batch: int, device, dtype, max_steps: int = 20, budget_s: float = 2.0) -> float:
     """Seconds of wall clock per unit model time of the DNS of ``config`` for ``batch`` trajectories."""
-    from closure.system import dns_equation, initial_state, trajectory_seeds
+    from closure.data.system import dns_equation, initial_state, trajectory_seeds
 
     with cpu_threads(device, config.dns.resolution):
         return _time_dns(config, batch, device, dtype, max_steps, budget_s)
 
 
 def _time_dns(config, batch, device, dtype, max_steps, budget_s):
-    from closure.system import dns_equation, initial_state, trajectory_seeds
+    from closure.data.system import dns_equation, initial_state, trajectory_seeds
 
     seeds = trajectory_seeds(config, range(batch))
     eq = dns_equation(config, dtype=dtype, device=device, seeds=seeds)
@@ -192,7 +192,7 @@ def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: i
     """
     import solvers
 
-    from closure.baselines import NoClosure
+    from closure.les.baselines import NoClosure
 
     closure = NoClosure() if closure is None else closure
     # the zero closure costs two FFTs per stage inside the solver: pass None there
@@ -259,7 +259,7 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     ``name`` overrides the ``model`` attribute (default: the baseline name or the run directory's
     name); ``extra_attrs`` are added to the output's global attributes.
     """
-    from closure.system import les_equation, trajectory_seeds
+    from closure.data.system import les_equation, trajectory_seeds
 
     output = Path(output)
     model_str = str(model)
@@ -327,7 +327,7 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     dns_source = "dataset"
     if dns_spmt is None:
         # timed once per process and DNS setup, so that the models of one pipeline share the figure
-        from closure.generate import generation_key
+        from closure.data.generation import generation_key
 
         key = (generation_key(data_config), len(ids), str(device), str(dtype))
         if key not in _DNS_COST:
@@ -372,7 +372,7 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
 def write_atomic(ds, path: Union[str, Path]) -> Path:
     """Write an LES dataset atomically (temp file in the same folder, then `os.replace`).
 
-    The field variables get the dataset writer's encoding (`closure.dataset.encoding_for`:
+    The field variables get the dataset writer's encoding (`closure.data.dataset.encoding_for`:
     zlib, chunks along trajectory and time); per-trajectory variables are stored plainly.
     """
     import os

@@ -14,19 +14,19 @@ Steps:
 3. optimize the mean-squared error of the normalized SGS term with SGD and the
    mean-field per-layer rates (``closure.nn.param_groups``; or Adam), a
    constant / cosine / step schedule, gradient clipping and early stopping on
-   the validation loss; batches come from ``closure.streaming.SampleStream``
+   the validation loss; batches come from ``closure.data.streaming.SampleStream``
    (stencil patches at random points of many snapshots) through a prefetch
    thread; a checkpoint is written atomically after every epoch and
    ``resume=True`` continues a killed run to bitwise the same weights (CPU);
 4. write ``model.pt`` (best validation weights, ``closure.nn.save_model``),
    ``config.yaml``, ``splits.json``, ``history.csv``, ``training_curve.png``
    and ``metrics.json`` with the a-priori test metrics against the exact SGS
-   term and the classical closures (``closure.apriori``).
+   term and the classical closures (``closure.training.apriori``).
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains with
 DistributedDataParallel (nccl on GPUs, gloo on CPUs); each rank reads its
 share of the blocks and computes its part of every global batch, so the
-updates are those of a single process (see closure.streaming).
+updates are those of a single process (see closure.data.streaming).
 
 Schedules (per optimizer step s of S in total, multiplying every group's rate):
 constant 1; cosine ``(1 + cos(pi s / S)) / 2``; step ``0.1`` after half and
@@ -54,13 +54,13 @@ from closure.config import (Config, config_from_dict, config_from_yaml, config_t
                             resolve_device, resolve_dtype)
 from closure.errors import ClosureError
 from closure.progress import log, progress
-from closure.streaming import (Prefetcher, SampleStream, channel_statistics, closure_core, dataset_statistics,
+from closure.data.streaming import (Prefetcher, SampleStream, channel_statistics, closure_core, dataset_statistics,
                                field_variable, is_point_model, load_block, plan_blocks)
 
 __all__ = ["train", "check_dataset", "learning_rate_factor", "launch_local", "TrainingInterrupted"]
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = "closure.train/1"
+CHECKPOINT_FORMAT = "closure.training.trainer/1"
 VALIDATION_POINTS = 1 << 17  # points of the validation split used per epoch (every k-th snapshot)
 TEST_POINTS = 1 << 21  # cap on the points of the test split used for the a-priori metrics
 
@@ -83,10 +83,10 @@ def _as_config(config) -> Config:
 def _open(data):
     import xarray as xr
 
-    from closure.dataset import open_dataset
+    from closure.data.dataset import open_dataset
 
     if isinstance(data, xr.Dataset):
-        from closure.dataset import validate
+        from closure.data.dataset import validate
 
         return validate(data, data.encoding.get("source", "dataset"))
     return open_dataset(data)
@@ -342,14 +342,14 @@ def train(config, data, run_dir: Union[str, os.PathLike, None] = None, *, resume
         resume: continue from ``run_dir/checkpoint.pt`` (same config required).
         init: a run directory or model file whose weights (and normalization) start the training.
         callback: called with each epoch's history row after its checkpoint (raise to stop).
-        block_snapshots, mix: streaming block size cap and blocks held at once (closure.streaming).
+        block_snapshots, mix: streaming block size cap and blocks held at once (closure.data.streaming).
         apriori: compute the a-priori test metrics at the end.
     """
     config = _as_config(config)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     tc = config.train
     if tc.mode == "aposteriori":
-        from closure.unroll import train_aposteriori
+        from closure.training.unroll import train_aposteriori
 
         if resume:
             raise ClosureError("--resume is not supported with train.mode=aposteriori; re-run with --init")
@@ -380,7 +380,7 @@ def _load_init(init, device, dtype) -> nn.Module:
 
 def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, init, callback, block_snapshots,
            mix, progress_enabled, apriori, rank: int, world: int, device) -> Path:
-    from closure.dataset import split_trajectories
+    from closure.data.dataset import split_trajectories
     from closure.nn import build_model, param_groups, save_model
 
     tc, dtype = config.train, resolve_dtype(config.dtype)
@@ -592,7 +592,7 @@ def _finish(config, ds, run_dir, model, state, splits, splits_doc, data_source, 
         "splits": {k: v for k, v in splits.items()},
     }
     if apriori and splits["test"]:
-        from closure.apriori import baseline_closures, evaluate
+        from closure.training.apriori import baseline_closures, evaluate
 
         closures = {"learned": model}
         closures.update(baseline_closures(config))

@@ -1,4 +1,4 @@
-"""Figures and the Markdown report of an a-posteriori evaluation (`closure.evaluate`).
+"""Figures and the Markdown report of an a-posteriori evaluation (`closure.evaluation.compare`).
 
 Figures (PNG, 150 dpi) in the report directory:
 
@@ -77,7 +77,7 @@ def _spectra(path, results, extras, reference, colors, ndim):
 
 
 def _pdf(path, results, extras, reference, edges, colors, ndim):
-    from closure import metrics as M
+    from closure.evaluation import metrics as M
 
     plt = _plt()
     inner = edges[1:-1]

@@ -158,7 +158,7 @@ def _load_windows(ds, name: str, windows, samples: int, dtype, device) -> torch.
 
 def _window_equation(config, windows, ids, dtype, device, cache: dict):
     """The LES equation for a batch of windows (per-trajectory seeds for random forcing)."""
-    from closure.system import les_equation, trajectory_seeds
+    from closure.data.system import les_equation, trajectory_seeds
 
     if config.system.forcing.type != "stochastic":
         if "steady" not in cache:
@@ -183,12 +183,12 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
     from pathlib import Path
 
     from closure.config import config_to_yaml, resolve_device, resolve_dtype
-    from closure.dataset import dataset_config, split_trajectories
+    from closure.data.dataset import dataset_config, split_trajectories
     from closure.errors import ClosureError
     from closure.nn import build_model, param_groups
     from closure.progress import log, progress
-    from closure.streaming import closure_core, dataset_statistics, field_variable
-    from closure.train import (_as_config, _finish, _load_init, _open, _plot_history, _seed_everything,
+    from closure.data.streaming import closure_core, dataset_statistics, field_variable
+    from closure.training.trainer import (_as_config, _finish, _load_init, _open, _plot_history, _seed_everything,
                                _write_text, check_dataset, default_run_dir, learning_rate_factor,
                                optimizer_step)
 

@@ -27,7 +27,7 @@ Models (``D`` is the LES grid spacing ``length / n_les``; see "Length scale"):
   gradient: ``nu_e = (C_L D)^3 |u_xx|``, ``c(u) = d/dx(2 nu_e u_x)``.
 
 - ``dynamic_smagorinsky`` (Germano et al. 1991, least squares of Lilly 1992):
-  with the test filter ``T`` (a Gaussian `closure.filters.Filter` of twice the
+  with the test filter ``T`` (a Gaussian `closure.data.filters.Filter` of twice the
   grid width, ``2 D``), the solver's dealiased nonlinear term ``N`` (2D:
   ``-u . grad omega``; 1D: ``-(u^2/2)_x``) and the unit-coefficient model
   ``m_D(w) = D^2 div(|S(w)| grad w)`` (1D: ``D^2 d/dx(2 |u_x| u_x)``), the
@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from closure.errors import ClosureError
-from closure.filters import Filter
+from closure.data.filters import Filter
 
 __all__ = [
     "Closure", "NoClosure", "Smagorinsky", "Leith", "DynamicSmagorinsky", "Sum",

@@ -16,7 +16,7 @@ gamma_L over ``sweep.gammas`` with every inner exponent held at
 therefore a cross in the (gamma_outer, gamma_inner) plane; ``sweep.nc``
 stores it on the full product with NaN off the cross.
 
-Training (why not ``closure.train.train``): the study is hundreds of small
+Training (why not ``closure.training.trainer.train``): the study is hundreds of small
 runs whose only admissible differences are gamma, N and the seed, and it must
 follow the theory's dynamics: plain constant-rate SGD with the per-layer rates
 of ``closure.nn.param_groups``, no schedule, no gradient clipping, no early
@@ -85,14 +85,14 @@ import torch
 from closure.config import Config, config_from_yaml, config_to_yaml, resolve_dtype
 from closure.errors import ClosureError
 
-log = logging.getLogger("closure.sweep")
+log = logging.getLogger("closure.study.normalization")
 
 __all__ = [
     "sweep", "Run", "StudyData", "train_run", "fit_power_law", "gather_patches", "study_runs",
     "collect", "variance_slopes", "plot_sweep", "summary_markdown",
 ]
 
-RESULT_FORMAT = "closure.sweep/1"
+RESULT_FORMAT = "closure.study.normalization/1"
 TUNE_SEED = 1_000_003
 DIVERGED_LOSS = 1.0e4  # a training loss (normalized units, target variance 1) beyond this counts as diverged  # the tuning runs' seed: outside the study's seeds 0..S-1
 METRICS = ("relative_l2", "mse", "correlation", "r2", "validation_mse", "train_loss", "seconds", "diverged")
@@ -249,12 +249,12 @@ class StudyData:
     """Normalized stencil inputs and targets of the train / validation / test splits, loaded once.
 
     The normalization (input mean/std per channel, output mean/std) is fitted on the
-    training split, exactly as the training of closure.train does, and stored in a
+    training split, exactly as the training of closure.training.trainer does, and stored in a
     template ``StencilClosure`` whose buffers every run copies.
     """
 
     def __init__(self, data: Union[str, Path], config: Config):
-        from closure.dataset import dataset_config, field_name, open_dataset, split_trajectories
+        from closure.data.dataset import dataset_config, field_name, open_dataset, split_trajectories
         from closure.nn import StencilClosure
 
         self.path = str(data)
@@ -347,7 +347,7 @@ def _predict(net, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
 
 def train_run(data: StudyData, run: Run, config: Config) -> dict:
     """Train one run by plain SGD (module docstring) and return its metrics and probe outputs."""
-    from closure.apriori import correlation, r2, relative_l2
+    from closure.training.apriori import correlation, r2, relative_l2
     from closure.nn import param_groups
 
     start = _time.perf_counter()
@@ -406,9 +406,9 @@ def train_run(data: StudyData, run: Run, config: Config) -> dict:
 
 def _les_errors(data: StudyData, closure, config: Config) -> dict:
     """Short coupled LES from the test trajectories' first snapshots against the filtered DNS."""
-    from closure.dataset import open_dataset
-    from closure.les import integrate
-    from closure.system import les_equation, trajectory_seeds
+    from closure.data.dataset import open_dataset
+    from closure.les.coupled import integrate
+    from closure.data.system import les_equation, trajectory_seeds
 
     cfg = data.data_config.model_copy(update={"run": config.run})
     interval = float(data.times[1] - data.times[0]) if data.times.size > 1 else cfg.dns.sample_interval
@@ -574,7 +574,7 @@ def sweep(config: Config, data: Union[str, Path], out_dir: Union[str, Path], *, 
     ``workers``: LocalCluster worker processes (default: the CPU count); ``workers=0`` runs
     everything in this process (no dask). ``scheduler``: address of a running dask scheduler.
     """
-    from closure.dataset import open_dataset
+    from closure.data.dataset import open_dataset
     from closure.progress import progress as progress_bar
 
     data = Path(data).resolve()
@@ -596,7 +596,7 @@ def sweep(config: Config, data: Union[str, Path], out_dir: Union[str, Path], *, 
         n_time = int(ds.sizes["time"])
     finally:
         ds.close()
-    from closure.dataset import split_trajectories
+    from closure.data.dataset import split_trajectories
 
     splits = split_trajectories(n_traj, config.data.validation_fraction, config.data.test_fraction, config.seed)
     if sw.tune_lr and not splits["validation"]:

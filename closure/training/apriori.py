@@ -169,7 +169,7 @@ class AprioriAccumulator:
 
 # --------------------------------------------------------------------------- baselines
 class _SmagorinskyFallback(torch.nn.Module):
-    """Smagorinsky closure on the LES grid (used only if closure.baselines is unavailable).
+    """Smagorinsky closure on the LES grid (used only if closure.les.baselines is unavailable).
 
     2D: nu_e = (Cs D)^2 |S|, |S| = sqrt(4 psi_xy^2 + (psi_xx - psi_yy)^2), c = div(nu_e grad omega).
     1D: nu_e = (Cs D)^2 |u_x|, c = d/dx(nu_e u_x). D = the LES grid spacing.
@@ -206,16 +206,16 @@ def smagorinsky_fallback(config) -> torch.nn.Module:
 
 
 def baseline_closures(config, names: Sequence[str] = ("smagorinsky", "leith", "dynamic_smagorinsky")) -> dict:
-    """Classical closures for the a-priori comparison (``closure.baselines.make_closure``).
+    """Classical closures for the a-priori comparison (``closure.les.baselines.make_closure``).
 
     Constants from ``config.run`` (Smagorinsky's standard ``smagorinsky_cs``). Falls
     back to this module's Smagorinsky if the baselines module is unavailable.
     """
     try:
-        from closure.baselines import make_closure
+        from closure.les.baselines import make_closure
     except ImportError:
         return {"smagorinsky": smagorinsky_fallback(config)}
-    from closure.system import les_equation
+    from closure.data.system import les_equation
 
     les = les_equation(config, dtype=torch.float64, unforced=True)
     return {name: make_closure(name, les, config) for name in names}
@@ -243,7 +243,7 @@ def evaluate(ds, trajectories: Sequence[int], closures: Mapping[str, Callable], 
     closure is called on its own dtype/device (from its parameters or buffers).
     """
     from closure.progress import progress
-    from closure.streaming import field_variable, load_block, plan_blocks
+    from closure.data.streaming import field_variable, load_block, plan_blocks
 
     length = float(ds.attrs.get("length", 2 * math.pi))
     var = ds[field_variable(ds)]

@@ -1,0 +1,2 @@
+"""The normalization study: output variance and test error against gamma and
+width (`normalization`)."""
