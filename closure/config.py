@@ -200,7 +200,7 @@ class RunConfig(Section):
 
 
 class SweepConfig(Section):
-    """The normalization study (`closure sweep`, closure/sweep.py).
+    """The normalization study (`closure sweep`, closure/study/).
 
     Every run trains a stencil MLP with ``depth`` hidden layers, all of width N, by plain
     constant-rate SGD with the per-layer rates of docs/normalization.md. ``vary: outer``
@@ -216,7 +216,7 @@ class SweepConfig(Section):
     vary: list[Literal["outer", "inner"]] = Field(default_factory=lambda: ["outer", "inner"])
     time: Optional[PositiveFloat] = None  # training time t = k / N_L (theory units); else train.epochs
     tune_lr: bool = False
-    # --- added with closure/sweep.py (all optional; defaults keep older configs valid)
+    # --- added with the first closure sweep (all optional; defaults keep older configs valid)
     fixed_gamma: Annotated[float, Field(ge=0.5, le=1.0)] = 1.0  # gamma of the layers not varied
     gammas_inner: Optional[list[Annotated[float, Field(ge=0.5, le=1.0)]]] = None  # vary inner over these (None: gammas)
     depth: Optional[PositiveInt] = None  # hidden layers (None: len(model.hidden))

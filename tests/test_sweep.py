@@ -1,4 +1,4 @@
-"""The normalization study (closure.study.normalization): slope fitting, patches, the network's variance law,
+"""The normalization study (closure.study): slope fitting, patches, the network's variance law,
 the dask sweep end to end with resume, learning-rate tuning, the CLI."""
 
 from __future__ import annotations
@@ -13,16 +13,11 @@ import torch
 import xarray as xr
 
 from closure.config import config_from_dict
-from closure.study.normalization import (
-    Run,
-    build_network,
-    fit_power_law,
-    gamma_pairs,
-    gather_patches,
-    steps_for,
-    sweep,
-    StudyData,
-)
+from closure.study.data import StudyData, gather_patches
+from closure.study.grid import Run, gamma_pairs, steps_for
+from closure.study.normalization import sweep
+from closure.study.results import fit_power_law
+from closure.study.run import build_network
 
 
 def _sweep_config(tiny_config, **sweep_keys):
@@ -207,7 +202,7 @@ def test_sweep_rejects_inner_with_one_layer(tiny_config, tiny_dataset, tmp_path)
 
 
 def test_output_bias_option_changes_the_network_and_the_fingerprint(tiny_config, tiny_dataset):
-    from closure.study.normalization import settings_fingerprint
+    from closure.study.executor import settings_fingerprint
 
     config = _sweep_config(tiny_config)
     plain = _sweep_config(tiny_config, output_bias=False)

@@ -1,0 +1,225 @@
+"""The study's figures (error, variance law, outer-vs-inner sensitivity) and Markdown summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Union
+
+import numpy as np
+
+from closure.study.results import quiet_nan
+
+def _outer_line(ds, name):
+    """``name`` along gamma_outer at gamma_inner = fixed (the outer sweep)."""
+    return ds[name].sel(gamma_inner=ds.attrs["fixed_gamma"])
+
+
+def _inner_line(ds, name):
+    return ds[name].sel(gamma_outer=ds.attrs["fixed_gamma"])
+
+
+def _width_ticks(ax, widths) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks([int(w) for w in widths])
+    ax.set_xticklabels([str(int(w)) for w in widths])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_sweep(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
+    """Write error.png, variance.png, sensitivity.png (with ``prefix``) into ``out_dir``; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    vary = json.loads(ds.attrs["vary"])
+    fixed = ds.attrs["fixed_gamma"]
+    widths = ds["width"].values
+    cmap = plt.get_cmap("viridis")
+    paths = []
+
+    with quiet_nan():
+        # 1. test error vs gamma, one line per width
+        fig, axes = plt.subplots(1, len(vary), figsize=(4.6 * len(vary), 3.6), squeeze=False)
+        for ax, mode in zip(axes[0], vary):
+            line = _outer_line if mode == "outer" else _inner_line
+            err = line(ds, "relative_l2")
+            gdim = "gamma_outer" if mode == "outer" else "gamma_inner"
+            for n, w in enumerate(widths):
+                e = err.sel(width=w)
+                ax.errorbar(e[gdim].values, e.mean("seed").values, yerr=e.std("seed").values, marker="o", ms=3,
+                            capsize=2, color=cmap(n / max(1, len(widths) - 1)), label=f"N = {w}")
+            other = "inner" if mode == "outer" else "outer"
+            ax.set_xlabel(f"gamma_{mode}  ({other} gammas = {fixed:g})")
+            ax.set_ylabel("test relative L2 error")
+            ax.set_title(f"{mode} gamma varied")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out_dir / f"{prefix}error.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+        # 2. log-log variance vs width per gamma, with fitted lines
+        fig, axes = plt.subplots(1, len(vary), figsize=(4.6 * len(vary), 3.8), squeeze=False)
+        for ax, mode in zip(axes[0], vary):
+            line = _outer_line if mode == "outer" else _inner_line
+            var, slope, icpt = (line(ds, n) for n in ("output_variance", "variance_slope", "variance_intercept"))
+            gdim = "gamma_outer" if mode == "outer" else "gamma_inner"
+            gs = var[gdim].values
+            v0 = line(ds, "init_output_variance")
+            for n, g in enumerate(gs):
+                color = cmap(n / max(1, len(gs) - 1))
+                v = var.sel({gdim: g}).values
+                ax.loglog(widths, v, "o", color=color, ms=4)
+                ax.loglog(widths, v0.sel({gdim: g}).values, "x:", color=color, ms=4, lw=0.8)
+                s, c = float(slope.sel({gdim: g})), float(icpt.sel({gdim: g}))
+                go = g if mode == "outer" else fixed
+                if math.isfinite(s):
+                    ax.loglog(widths, np.exp(c) * widths.astype(float) ** s, "-", color=color,
+                              label=f"{gdim}={g:g}: slope {s:+.2f} (theory {1 - 2 * go:+.2f})")
+            ax.set_xlabel("width N")
+            ax.set_ylabel("across-seed variance of g")
+            ax.plot([], [], "ko", ms=4, label="trained (o, fitted line)")
+            ax.plot([], [], "kx:", ms=4, lw=0.8, label="at initialization (x)")
+            _width_ticks(ax, widths)
+            ax.set_title(f"{mode} gamma varied")
+            ax.grid(alpha=0.3, which="both")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6.5)
+        fig.tight_layout()
+        paths.append(out_dir / f"{prefix}variance.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+        # 3. outer vs inner sensitivity: error at the largest width, variance slope
+        fig, axes = plt.subplots(1, 2, figsize=(9.2, 3.6))
+        wmax = widths.max()
+        for mode, marker in (("outer", "o-"), ("inner", "s--")):
+            if mode not in vary:
+                continue
+            line = _outer_line if mode == "outer" else _inner_line
+            gdim = "gamma_outer" if mode == "outer" else "gamma_inner"
+            e = line(ds, "relative_l2").sel(width=wmax)
+            axes[0].errorbar(e[gdim].values, e.mean("seed").values, yerr=e.std("seed").values, fmt=marker, ms=4,
+                             capsize=2, label=f"{mode} varied")
+            s = line(ds, "variance_slope")
+            se = line(ds, "variance_slope_stderr")
+            axes[1].errorbar(s[gdim].values, s.values, yerr=se.values, fmt=marker, ms=4, capsize=2,
+                             label=f"{mode} varied, trained")
+            s0 = line(ds, "init_variance_slope")
+            axes[1].plot(s0[gdim].values, s0.values, marker[0], mfc="none", ms=6, color="grey",
+                         label=f"{mode} varied, at init")
+        gg = np.linspace(0.5, 1.0, 11)
+        axes[1].plot(gg, 1 - 2 * gg, "k:", label="theory 1 - 2 gamma_outer")
+        if "inner" in vary:
+            axes[1].axhline(1 - 2 * fixed, color="grey", ls="-.", lw=0.8, label=f"theory, inner varied ({1 - 2 * fixed:+g})")
+        axes[0].set_xlabel("gamma (the varied one)")
+        axes[0].set_ylabel(f"test relative L2 error, N = {wmax}")
+        axes[1].set_xlabel("gamma (the varied one)")
+        axes[1].set_ylabel("variance slope d log Var / d log N")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out_dir / f"{prefix}sensitivity.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def _num(x, spec=".3f") -> str:
+    x = float(x)
+    return "nan" if not math.isfinite(x) else format(x, spec)
+
+
+def summary_markdown(ds, figures: Iterable[Path] = ()) -> str:
+    """The tables of the study as Markdown."""
+    vary = json.loads(ds.attrs["vary"])
+    fixed = ds.attrs["fixed_gamma"]
+    widths = [int(w) for w in ds["width"].values]
+    lines = [
+        "# Normalization study (closure sweep)",
+        "",
+        f"- dataset: `{ds.attrs['dataset']}`",
+        f"- network: stencil MLP, {ds.attrs['depth']} hidden layers of width N"
+        f"{'' if ds.attrs.get('output_bias', 1) else ', no output bias'}; {ds.attrs['design']}",
+        f"- training: {ds.attrs['optimizer']}; batch {ds.attrs['batch_size']}; budget {ds.attrs['budget']}; "
+        f"base rate {ds.attrs['base_lr']:g}" + (f", tuned per gamma at N = {ds.attrs['tune_width']}"
+                                                  if ds.attrs["tune_lr"] else " (not tuned)"),
+        f"- seeds: {ds.sizes['seed']}; probe inputs for the variance: {ds.sizes['probe']}; "
+        f"steps per width: " + ", ".join(f"{w}: {int(s)}" for w, s in zip(widths, ds['steps'].values)),
+        "",
+    ]
+    with quiet_nan():
+        for mode in vary:
+            line = _outer_line if mode == "outer" else _inner_line
+            gdim = "gamma_outer" if mode == "outer" else "gamma_inner"
+            other = "inner" if mode == "outer" else "outer"
+            lines += [f"## {mode.capitalize()} gamma varied ({other} gammas = {fixed:g})", ""]
+            lines += ["Output variance across seeds: fitted log-log slope vs width (± standard error)", ""]
+            lines += [f"| {gdim} | base rate | slope (trained) | slope (init) | theory 1 - 2 gamma_outer |",
+                      "| --- | --- | --- | --- | --- |"]
+            s, se = line(ds, "variance_slope"), line(ds, "variance_slope_stderr")
+            s0, se0 = line(ds, "init_variance_slope"), line(ds, "init_variance_slope_stderr")
+            lr = line(ds, "lr")
+            for g in s[gdim].values:
+                go = g if mode == "outer" else fixed
+                lines.append(f"| {g:g} | {float(lr.sel({gdim: g})):.3g} | {_num(s.sel({gdim: g}), '+.2f')} ± "
+                             f"{_num(se.sel({gdim: g}), '.2f')} | {_num(s0.sel({gdim: g}), '+.2f')} ± "
+                             f"{_num(se0.sel({gdim: g}), '.2f')} | {1 - 2 * go:+.2f} |")
+            lines += ["", "Across-seed output variance (trained), by width", ""]
+            lines += [f"| {gdim} | " + " | ".join(f"N={w}" for w in widths) + " |",
+                      "| --- |" + " --- |" * len(widths)]
+            var = line(ds, "output_variance")
+            for g in var[gdim].values:
+                lines.append(f"| {g:g} | " + " | ".join(_num(var.sel({gdim: g, "width": w}), ".3g")
+                                                         for w in widths) + " |")
+            for name, title in (("relative_l2", "Test relative L2 error (mean ± std over seeds)"),
+                                ("correlation", "Test correlation (mean over seeds)")):
+                lines += ["", title, ""]
+                lines += [f"| {gdim} | " + " | ".join(f"N={w}" for w in widths) + " |",
+                          "| --- |" + " --- |" * len(widths)]
+                arr = line(ds, name)
+                for g in arr[gdim].values:
+                    cells = []
+                    for w in widths:
+                        a = arr.sel({gdim: g, "width": w})
+                        m = _num(a.mean("seed"))
+                        cells.append(f"{m} ± {_num(a.std('seed'))}" if name == "relative_l2" else m)
+                    n_div = int(np.nansum(line(ds, "diverged").sel({gdim: g}).values))
+                    lines.append(f"| {g:g}{' (' + str(n_div) + ' diverged)' if n_div else ''} | "
+                                 + " | ".join(cells) + " |")
+            if "aposteriori_error" in ds:
+                lines += ["", "A posteriori: LES field error ||LES - DNS|| / ||DNS|| (mean over seeds; "
+                          f"no closure: {_num(np.nanmean(ds['aposteriori_error_none'].values))})", ""]
+                lines += [f"| {gdim} | " + " | ".join(f"N={w}" for w in widths) + " |",
+                          "| --- |" + " --- |" * len(widths)]
+                arr = line(ds, "aposteriori_error")
+                for g in arr[gdim].values:
+                    lines.append(f"| {g:g} | " + " | ".join(_num(arr.sel({gdim: g, "width": w}).mean("seed"))
+                                                             for w in widths) + " |")
+            lines.append("")
+        if "tune_validation_mse" in ds:
+            lines += ["## Learning-rate tuning (validation MSE, normalized units)", ""]
+            factors = [float(f) for f in ds["lr_factor"].values]
+            lines += ["| gamma_outer | gamma_inner | " + " | ".join(f"x{f:g}" for f in factors) + " | chosen |",
+                      "| --- | --- |" + " --- |" * (len(factors) + 1)]
+            tv = ds["tune_validation_mse"]
+            for go in ds["gamma_outer"].values:
+                for gi in ds["gamma_inner"].values:
+                    row = tv.sel(gamma_outer=go, gamma_inner=gi).values
+                    lr = float(ds["lr"].sel(gamma_outer=go, gamma_inner=gi))
+                    if np.all(np.isnan(row)):
+                        continue
+                    lines.append(f"| {go:g} | {gi:g} | " + " | ".join(_num(v, ".4f") for v in row)
+                                 + f" | {lr:.3g} |")
+            lines.append("")
+    figs = [Path(f).name for f in figures]
+    if figs:
+        lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
+    return "\n".join(lines)

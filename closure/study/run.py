@@ -1,0 +1,154 @@
+"""One training run of the normalization study: plain constant-rate SGD on stencil points, then its metrics.
+
+``train_run(data, run, config)`` builds the run's ``StencilClosure`` (``build_network``), trains it
+(the loop described in ``closure.study.normalization``) and returns test / validation metrics and
+the network output at the probe inputs, before and after training; with ``sweep.aposteriori`` it
+also runs a short coupled LES (``aposteriori``). ``task`` is the same thing as a dask task.
+"""
+
+from __future__ import annotations
+
+import math
+import time as _time
+
+import numpy as np
+import torch
+
+from closure.config import Config, config_from_yaml
+from closure.study.data import StudyData, gather_patches, study_data
+from closure.study.grid import Run, depth_of, derived_seed
+
+DIVERGED_LOSS = 1.0e4  # a training loss (normalized units, target variance 1) beyond this counts as diverged
+
+def build_network(data: StudyData, run: Run, depth: int, output_bias: bool = True):
+    """The run's StencilClosure (normalization from the training split), initialized from (seed, width)."""
+    from closure.nn import StencilClosure
+
+    gammas = [run.gamma_inner] * (depth - 1) + [run.gamma_outer]
+    model = StencilClosure(data.ndim, data.stencil, [run.width] * depth, gammas, data.activation,
+                           features=data.features, length=data.length, output_bias=output_bias).to(data.dtype)
+    gen = torch.Generator().manual_seed(derived_seed(run.seed, run.width, 0x1417))
+    model.net.reset_parameters(generator=gen)
+    model.load_state_dict({**model.state_dict(), **{k: v for k, v in data.template.state_dict().items()
+                                                     if not k.startswith("net.")}})
+    return model
+
+
+def _predict(net, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([net(x[i:i + chunk]).squeeze(-1) for i in range(0, x.shape[0], chunk)])
+
+
+def train_run(data: StudyData, run: Run, config: Config) -> dict:
+    """Train one run by plain SGD (module docstring) and return its metrics and probe outputs."""
+    from closure.training.apriori import correlation, r2, relative_l2
+    from closure.nn import param_groups
+
+    start = _time.perf_counter()
+    model = build_network(data, run, depth_of(config), output_bias=config.sweep.output_bias)
+    net = model.net
+    probe_init = _predict(net, data.probe)
+    opt = torch.optim.SGD(param_groups(net, run.lr, "sgd"), lr=run.lr)
+    gen = torch.Generator().manual_seed(derived_seed(run.seed, 0xBA7C4))
+    channels, targets = data.channels["train"], data.targets["train"]
+    batch = config.sweep.batch_size
+    diverged, running, seen = False, 0.0, 0
+    tail = max(1, run.steps // 10)  # the training loss reported: mean over the last 10% of the steps
+    for k in range(run.steps):
+        flat = torch.randint(data.n_train_points, (batch,), generator=gen)
+        x = gather_patches(channels, flat, data.stencil)
+        loss = 0.5 * (net(x).squeeze(-1) - targets[flat]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if k >= run.steps - tail:
+            running += loss.item()
+            seen += 1
+        if (k % 64 == 0 or k == run.steps - 1) and not (loss.item() < DIVERGED_LOSS):  # NaN-safe
+            diverged = True
+            break
+    result = {"train_loss": running / seen if seen and not diverged else float("nan"), "diverged": diverged}
+    nan = float("nan")
+    if diverged:
+        result.update({key: nan for key in ("relative_l2", "mse", "correlation", "r2", "validation_mse")})
+        result["probe_output"] = [nan] * data.probe.shape[0]
+    else:
+        x_test, y_test = data.points["test"]
+        pred = _predict(net, x_test)
+        finite = bool(torch.isfinite(pred).all())
+        phys_p, phys_t = pred * data.out_std + data.out_mean, y_test * data.out_std + data.out_mean
+        result["mse"] = float((pred - y_test).double().pow(2).mean()) if finite else nan
+        result["relative_l2"] = relative_l2(phys_p, phys_t) if finite else nan
+        result["correlation"] = correlation(pred, y_test) if finite else nan
+        result["r2"] = r2(pred, y_test) if finite else nan
+        if "validation" in data.points:
+            xv, yv = data.points["validation"]
+            pv = _predict(net, xv)
+            result["validation_mse"] = float((pv - yv).double().pow(2).mean())
+        else:
+            result["validation_mse"] = nan
+        result["probe_output"] = _predict(net, data.probe).double().tolist()
+        bad_validation = "validation" in data.points and not (result["validation_mse"] < DIVERGED_LOSS)
+        if not finite or not (result["mse"] < DIVERGED_LOSS) or bad_validation:
+            result["diverged"] = True
+    result["probe_output_init"] = probe_init.double().tolist()
+    result["seconds"] = _time.perf_counter() - start
+    if config.sweep.aposteriori and run.kind == "study":
+        result.update(aposteriori(data, model, config, diverged=result["diverged"]))
+    return result
+
+
+def _les_errors(data: StudyData, closure, config: Config) -> dict:
+    """Short coupled LES from the test trajectories' first snapshots against the filtered DNS."""
+    from closure.data.dataset import open_dataset
+    from closure.les.coupled import integrate
+    from closure.data.system import les_equation, trajectory_seeds
+
+    cfg = data.data_config.model_copy(update={"run": config.run})
+    interval = float(data.times[1] - data.times[0]) if data.times.size > 1 else cfg.dns.sample_interval
+    save_every = max(1, int(round(interval / config.run.dt)))
+    saves = max(1, min(int(math.floor(config.run.time / interval + 1e-9)), data.times.size - 1))
+    test = data.splits["test"]
+    ids = [data.trajectory_ids[i] for i in test]
+    ds = open_dataset(data.path, chunks=False)
+    try:
+        ref = np.asarray(ds[data.var].isel(trajectory=test, time=slice(0, saves + 1)).values, dtype=np.float64)
+    finally:
+        ds.close()
+    equation = les_equation(cfg, dtype=data.dtype, device="cpu", seeds=trajectory_seeds(cfg, ids))
+    state = torch.as_tensor(ref[:, 0]).to(data.dtype)
+    res = integrate(equation, closure, state, config.run.dt, save_every, saves, t0=float(data.times[0]),
+                    method=config.run.integrator, desc="sweep les", show_progress=False)
+    field = np.asarray(res.field, dtype=np.float64)
+    axes = tuple(range(2, field.ndim))
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.sqrt(((field - ref) ** 2).sum(axis=axes) / (ref ** 2).sum(axis=axes))[:, 1:]
+        a, b = field[:, -1] - field[:, -1].mean(), ref[:, -1] - ref[:, -1].mean()
+        corr = (a * b).reshape(len(ids), -1).sum(1) / np.sqrt((a * a).reshape(len(ids), -1).sum(1)
+                                                              * (b * b).reshape(len(ids), -1).sum(1))
+    return {"error": float(np.mean(err)), "correlation": float(np.mean(corr)),
+            "blowups": int(np.isfinite(res.blowup_time).sum())}
+
+
+def aposteriori(data: StudyData, model, config: Config, diverged: bool = False) -> dict:
+    """``aposteriori_error``: mean over the saved times of ||LES - filtered DNS|| / ||filtered DNS||
+    (test trajectories, ``run.time``), its ``_none`` value without closure, the final correlation, blow-ups."""
+    if data._aposteriori_none is None:
+        data._aposteriori_none = _les_errors(data, None, config)
+    out = {"aposteriori_error_none": data._aposteriori_none["error"]}
+    if diverged:
+        out.update(aposteriori_error=float("nan"), aposteriori_correlation=float("nan"), aposteriori_blowups=-1)
+        return out
+    model.eval()
+    r = _les_errors(data, model, config)
+    out.update(aposteriori_error=r["error"], aposteriori_correlation=r["correlation"], aposteriori_blowups=r["blowups"])
+    return out
+
+
+def task(config_yaml: str, data: str, key: str, run: dict) -> dict:
+    """A dask task: one run on a worker (single-threaded torch; data cached per worker)."""
+    torch.set_num_threads(1)
+    config = config_from_yaml(config_yaml, "sweep config")
+    study = study_data(data, config, key)
+    return train_run(study, Run(**run), config)
+
