@@ -10,13 +10,16 @@
 Each command loads and validates its config, then calls one library function
 (imported lazily). Errors the user can cause (`ClosureError`, missing or
 unreadable files, invalid values) become one line ``closure: error: <message>``
-on stderr and exit status 2; Ctrl-C exits with status 130.
+on stderr and exit status 2; Ctrl-C exits with status 130 and SIGTERM with 143
+(128 + the signal number), each after one line on stderr; temp files of
+unfinished writes are removed on the way out (`closure.storage`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -245,6 +248,22 @@ def _setup_logging(quiet: bool):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (temp files removed)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _handle_sigterm():
+    """Turn SIGTERM into `Terminated` (only possible from the main thread); return the previous handler."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``closure`` console script; returns (and exits with) the status."""
     from pydantic import ValidationError
@@ -252,8 +271,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
+    previous = _handle_sigterm()
     try:
         status = args.func(args) or 0
+    except Terminated:
+        print("closure: terminated (SIGTERM)", file=sys.stderr)
+        status = 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("closure: interrupted", file=sys.stderr)
         status = 130
@@ -267,6 +290,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             status = 2
         else:
             raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.stdout.flush()
     return status
 

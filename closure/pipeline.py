@@ -37,6 +37,7 @@ import yaml
 
 from closure.les.baselines import is_baseline
 from closure.config import Config, config_to_dict, config_to_yaml
+from closure import storage
 from closure.errors import ClosureError
 
 log = logging.getLogger("closure.pipeline")
@@ -139,7 +140,7 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     for m in models:
         if m != "learned" and not is_baseline(m) and not Path(m).is_dir():
             raise ClosureError(f"run.models: {m!r} is neither a baseline, 'learned' nor a training run directory")
-    (out_dir / "config.yaml").write_text(config_to_yaml(config))
+    storage.write_text(out_dir / "config.yaml", config_to_yaml(config))
     timings = {}
     start_all = _time.perf_counter()
     source = f" ({config_path})" if config_path else ""
@@ -194,7 +195,7 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     metrics = evaluate(dataset, outputs, report_dir)
     timings["evaluate"] = _time.perf_counter() - start
     timings["total"] = _time.perf_counter() - start_all
-    (out_dir / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}, indent=1) + "\n")
+    storage.write_json(out_dir / "timings.json", {k: round(v, 3) for k, v in timings.items()}, indent=1)
     for name, r in metrics.items():
         sim = r.get("similarity") or {}
         _say("pipeline: %-22s spectrum_error=%.4g pdf_distance=%.4g decorrelation_time=%.4g blowups=%d "

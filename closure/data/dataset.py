@@ -14,7 +14,7 @@ Files are zlib-compressed and chunked along ``trajectory`` and ``time`` so that
 ``open_dataset(path)`` reads them lazily with dask.
 
     ds = build_dataset(config, field, sgs, times, trajectory_ids)    # numpy arrays in
-    write(ds, path)                       # atomic: temp file + os.replace
+    write(ds, path)                       # atomic: temp file + rename (closure.storage)
     ds = open_dataset(path_or_paths)      # lazy (dask), validated
     config = dataset_config(ds)           # the stored Config
     split_trajectories(n, validation_fraction, test_fraction, seed)
@@ -25,13 +25,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import xarray as xr
 
+from closure import storage
 from closure.errors import ClosureError
 
 __all__ = [
@@ -162,17 +162,10 @@ def encoding_for(ds: xr.Dataset, complevel: int = 4) -> dict:
 
 # --------------------------------------------------------------------------- writing
 def write(ds: xr.Dataset, path: Union[str, Path], complevel: int = 4) -> Path:
-    """Write ``ds`` to ``path`` atomically (a temp file in the same folder, then `os.replace`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding_for(ds, complevel))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``ds`` to ``path`` atomically (`closure.storage`: a temp file in the same folder, then a rename)."""
+    encoding = encoding_for(ds, complevel)
+    return storage.write_with(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4",
+                                                             encoding=encoding))
 
 
 # --------------------------------------------------------------------------- reading

@@ -39,6 +39,7 @@ DNS's series and spectrum), the figures and ``report.md`` (`closure.evaluation.r
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ import xarray as xr
 
 from closure.data import dataset as ds_io
 from closure.evaluation import metrics as M
+from closure import storage
 from closure.errors import ClosureError
 
 log = logging.getLogger("closure.evaluation.compare")
@@ -277,23 +279,20 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n")
-    tmp.replace(path)
+    storage.write_json(path, _jsonable(obj), indent=1, allow_nan=False)
 
 
 def _write_csv(path: Path, results: dict) -> None:
     cols = ["model", "spectrum_error", "pdf_distance", "decorrelation_time", "blowups",
             "similarity_spectrum_error", "similarity_pdf_distance", "similarity_decorrelation_time",
             "cost_ratio", "speedup", "les_ms_per_step"]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(cols)
-        for name, r in results.items():
-            sim = r["similarity"] or {}
-            row = [name, r["spectrum_error"], r["pdf_distance"], r["decorrelation_time"], r["blowups"],
-                   sim.get("spectrum_error"), sim.get("pdf_distance"), sim.get("decorrelation_time"),
-                   r["cost_ratio"], r["speedup"], r["les_ms_per_step"]]
-            w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in row])
-    tmp.replace(path)
+    buffer = io.StringIO(newline="")
+    w = csv.writer(buffer)
+    w.writerow(cols)
+    for name, r in results.items():
+        sim = r["similarity"] or {}
+        row = [name, r["spectrum_error"], r["pdf_distance"], r["decorrelation_time"], r["blowups"],
+               sim.get("spectrum_error"), sim.get("pdf_distance"), sim.get("decorrelation_time"),
+               r["cost_ratio"], r["speedup"], r["les_ms_per_step"]]
+        w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in row])
+    storage.write_text(path, buffer.getvalue(), newline="")

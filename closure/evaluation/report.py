@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from closure import storage
+
 __all__ = ["write_report", "FIGURES"]
 
 FIGURES = ("spectra.png", "pdf.png", "series.png", "correlation.png", "snapshots.png")
@@ -72,7 +74,7 @@ def _spectra(path, results, extras, reference, colors, ndim):
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    storage.save_figure(fig, path, dpi=150)
     plt.close(fig)
 
 
@@ -95,7 +97,7 @@ def _pdf(path, results, extras, reference, edges, colors, ndim):
     ax.set_title("PDF over the run window")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    storage.save_figure(fig, path, dpi=150)
     plt.close(fig)
 
 
@@ -113,7 +115,7 @@ def _series(path, results, reference, colors, ndim):
         ax.grid(alpha=0.2)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    storage.save_figure(fig, path, dpi=150)
     plt.close(fig)
 
 
@@ -130,7 +132,7 @@ def _correlation(path, results, colors):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    storage.save_figure(fig, path, dpi=150)
     plt.close(fig)
 
 
@@ -154,7 +156,7 @@ def _snapshots(path, results, extras, ndim, length, n_times=4):
             ax.set_xlabel("x")
         axes[0, 0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=150)
+        storage.save_figure(fig, path, dpi=150)
         plt.close(fig)
         return
     rows = ["filtered DNS"] + names
@@ -177,7 +179,7 @@ def _snapshots(path, results, extras, ndim, length, n_times=4):
     fig.subplots_adjust(right=0.86, wspace=0.05, hspace=0.08)
     cax = fig.add_axes([0.89, 0.15, 0.025, 0.7])
     fig.colorbar(image, cax=cax, label="vorticity")
-    fig.savefig(path, dpi=150)
+    storage.save_figure(fig, path, dpi=150)
     plt.close(fig)
 
 
@@ -252,5 +254,5 @@ def write_report(report_dir, results, extras, reference, edges, attrs, ndim, len
         "",
     ]
     path = report_dir / "report.md"
-    path.write_text("\n".join(lines))
+    storage.write_text(path, "\n".join(lines))
     return path

@@ -58,6 +58,7 @@ import torch
 from closure.data import dataset as ds_io
 from closure.les.baselines import BASELINES, is_baseline, make_closure
 from closure.config import Config, resolve_device, resolve_dtype
+from closure import storage
 from closure.errors import ClosureError
 from closure.progress import progress
 
@@ -370,26 +371,15 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
 
 
 def write_atomic(ds, path: Union[str, Path]) -> Path:
-    """Write an LES dataset atomically (temp file in the same folder, then `os.replace`).
+    """Write an LES dataset atomically (`closure.storage`: temp file in the same folder, then a rename).
 
     The field variables get the dataset writer's encoding (`closure.data.dataset.encoding_for`:
     zlib, chunks along trajectory and time); per-trajectory variables are stored plainly.
     """
-    import os
-    import uuid
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = [name for name, v in ds.data_vars.items() if v.ndim >= 3]
     encoding = ds_io.encoding_for(ds[fields])
     for name, v in ds.data_vars.items():
         if name not in fields:
             encoding[name] = {"zlib": True}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return storage.write_with(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4",
+                                                             encoding=encoding))

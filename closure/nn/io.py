@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from closure.storage import torch_save
 from closure.nn.cnn import ConvClosure, MeanFieldCNN
 from closure.nn.meanfield import ArchitectureError, MeanFieldMLP
 from closure.nn.stencil import StencilClosure
@@ -129,17 +129,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, extra: dict | None = N
         "state_dict": state,
         "extra": extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return torch_save(payload, path)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device | None = "cpu", with_extra: bool = False):

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from closure.config import Config
+from closure import storage
 from closure.errors import ClosureError
 from closure.study.grid import RESULT_FORMAT, Run, depth_of
-from closure.study.results import atomic_write_text
 from closure.study.run import task
 
 def settings_fingerprint(config: Config, data: Path, created: str) -> str:
@@ -55,7 +55,7 @@ def save_result(runs_dir: Path, run: Run, fingerprint: str, result: dict) -> dic
     stored = {"format": RESULT_FORMAT, "fingerprint": fingerprint, "run": asdict(run), "name": run.name,
               "finished": _time.time(), **result}
     text = json.dumps(stored, allow_nan=True)
-    atomic_write_text(runs_dir / f"{run.name}.json", text)
+    storage.write_text(runs_dir / f"{run.name}.json", text)
     return stored
 
 

@@ -82,11 +82,12 @@ from typing import Optional, Union
 import numpy as np
 
 from closure.config import Config, config_to_yaml
+from closure import storage
 from closure.errors import ClosureError
 from closure.study.executor import DaskExecutor, SerialExecutor, load_result, save_result, settings_fingerprint
 from closure.study.grid import Run, base_lr, best_rates, depth_of, gamma_pairs, study_runs, tuning_runs
 from closure.study.report import plot_sweep, summary_markdown
-from closure.study.results import atomic_write_text, collect, write_netcdf
+from closure.study.results import collect, write_netcdf
 
 log = logging.getLogger("closure.study.normalization")
 
@@ -132,7 +133,7 @@ def sweep(config: Config, data: Union[str, Path], out_dir: Union[str, Path], *, 
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = config_to_yaml(config)
-    atomic_write_text(out_dir / "config.yaml", config_yaml)
+    storage.write_text(out_dir / "config.yaml", config_yaml)
 
     tune_results: dict[Run, dict] = {}
     study_results: dict[Run, dict] = {}
@@ -206,8 +207,8 @@ def sweep(config: Config, data: Union[str, Path], out_dir: Union[str, Path], *, 
     result = collect(config, study_results, tune_results, data=data)
     write_netcdf(result, out_dir / "sweep.nc")
     figures = plot_sweep(result, out_dir)
-    atomic_write_text(out_dir / "summary.md", summary_markdown(result, figures))
-    atomic_write_text(out_dir / "sweep.json", json.dumps({
+    storage.write_text(out_dir / "summary.md", summary_markdown(result, figures))
+    storage.write_text(out_dir / "sweep.json", json.dumps({
         "runs": len(study_results) + len(tune_results), "executed": counts["executed"],
         "skipped": counts["skipped"], "seconds": _time.time() - started, "fingerprint": fingerprint,
     }, indent=2))

@@ -9,6 +9,7 @@ from typing import Iterable, Union
 
 import numpy as np
 
+from closure import storage
 from closure.study.results import quiet_nan
 
 def _outer_line(ds, name):
@@ -61,7 +62,7 @@ def plot_sweep(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         paths.append(out_dir / f"{prefix}error.png")
-        fig.savefig(paths[-1], dpi=110)
+        storage.save_figure(fig, paths[-1], dpi=110)
         plt.close(fig)
 
         # 2. log-log variance vs width per gamma, with fitted lines
@@ -93,7 +94,7 @@ def plot_sweep(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
                 ax.legend(fontsize=6.5)
         fig.tight_layout()
         paths.append(out_dir / f"{prefix}variance.png")
-        fig.savefig(paths[-1], dpi=110)
+        storage.save_figure(fig, paths[-1], dpi=110)
         plt.close(fig)
 
         # 3. outer vs inner sensitivity: error at the largest width, variance slope
@@ -127,7 +128,7 @@ def plot_sweep(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
             ax.legend(fontsize=7)
         fig.tight_layout()
         paths.append(out_dir / f"{prefix}sensitivity.png")
-        fig.savefig(paths[-1], dpi=110)
+        storage.save_figure(fig, paths[-1], dpi=110)
         plt.close(fig)
     return paths
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from closure import storage
 from closure.config import Config, config_to_yaml
 from closure.study.grid import base_lr, depth_of, gamma_pairs, tune_width
 
@@ -37,30 +36,9 @@ def fit_power_law(widths: Sequence[float], values: Sequence[float]) -> tuple[flo
     return float(fit.slope), float(fit.intercept), stderr
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- results
 def write_netcdf(ds, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return storage.write_with(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
 
 
 def variance_slopes(variance, widths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

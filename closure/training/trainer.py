@@ -40,7 +40,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -52,6 +51,7 @@ from torch import nn
 
 from closure.config import (Config, config_from_dict, config_from_yaml, config_to_yaml, load_config,
                             resolve_device, resolve_dtype)
+from closure import storage
 from closure.errors import ClosureError
 from closure.progress import log, progress
 from closure.data.streaming import (Prefetcher, SampleStream, channel_statistics, closure_core, dataset_statistics,
@@ -221,19 +221,7 @@ class _Objective(nn.Module):
 
 
 # --------------------------------------------------------------------------- files
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+_write_text = storage.write_text  # (kept under this name for closure.training.unroll)
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -247,7 +235,7 @@ def _write_history(path: Path, history: list[dict]) -> None:
             for row in history:
                 w.writerow({k: row.get(k) for k in keys})
 
-    _atomic_write(path, write)
+    storage.write_with(path, write)
 
 
 def _plot_history(path: Path, history: list[dict], title: str) -> None:
@@ -266,7 +254,7 @@ def _plot_history(path: Path, history: list[dict], title: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    storage.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -569,7 +557,7 @@ def _save_checkpoint(path: Path, config_yaml: str, model, optimizer, scheduler, 
         "state": json.dumps(state),
         "rng": _rng_state(),
     }
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    storage.torch_save(payload, path)
 
 
 def _finish(config, ds, run_dir, model, state, splits, splits_doc, data_source, world, device, apriori,
