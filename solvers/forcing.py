@@ -4,6 +4,10 @@ A forcing returns its spectral coefficients on any `SpectralGrid` at a model
 time ``t``: ``forcing.spectral(grid, t)``, shape broadcastable against the
 spectral state ``(batch, *grid.spectral_shape)``. Deterministic forcings are
 steady (``steady = True``): equations evaluate them once and cache them.
+A forcing that is constant on the intervals ``[j tau, (j + 1) tau)`` declares
+``piecewise_constant = True``: the time steppers then evaluate it at every
+stage of a step at the step's start time (`solvers.integrators.stage_time`),
+whereas a smooth time-dependent forcing is evaluated at the exact stage times.
 
 - `Kolmogorov`: velocity forcing ``(A sin(k y), 0)``, i.e. vorticity forcing
   ``-A k cos(k y)`` (Kochkov et al. 2021, PNAS; jax-cfd).
@@ -37,6 +41,7 @@ class Forcing:
     """Base class: a forcing term evaluated spectrally on a grid."""
 
     steady: bool = True
+    piecewise_constant: bool = False  # constant on [j tau, (j + 1) tau): sampled at step starts
     ndim: int | None = None  # dimensionality it is defined for (None: any)
 
     def spectral(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
@@ -100,6 +105,7 @@ class StochasticBurgers(Forcing):
     """
 
     steady = False
+    piecewise_constant = True
     ndim = 1
 
     def __init__(self, seeds: Sequence[int], amplitude: float = math.sqrt(2) * 1e-2,

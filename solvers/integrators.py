@@ -77,6 +77,20 @@ def etdrk4_coefficients(linear: torch.Tensor, dt: float, contour_points: int = 3
     return {name: c[inverse].reshape(linear.shape).to(linear.dtype) for name, c in coeffs.items()}
 
 
+def stage_time(equation, t: float, offset: float) -> float:
+    """The model time at which a stage at ``t + offset`` of the step from ``t`` evaluates the forcing.
+
+    ``t + offset`` for a smooth (or steady) forcing. A forcing that declares
+    ``piecewise_constant = True`` (constant on intervals ``[j tau, (j + 1) tau)``)
+    is evaluated at the step's start ``t`` at every stage, so that all stages of
+    a step see the same interval: with ``tau`` a whole multiple of ``dt`` and steps
+    starting on multiples of ``dt``, the forcing is then constant over each step
+    and the scheme keeps its order. (A last stage at ``t + dt`` on an interval
+    boundary would otherwise read the next interval's value: a first-order error.)
+    """
+    return t if getattr(equation.forcing, "piecewise_constant", False) else t + offset
+
+
 def _recording(*tensors: torch.Tensor) -> bool:
     """Whether autograd records operations on any of ``tensors``."""
     return torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
@@ -126,30 +140,31 @@ class ETDRK4:
 
     def step(self, w: torch.Tensor, t: float, closure: Optional[Callable] = None) -> torch.Tensor:
         F = self.equation.explicit_hat
-        h = self.dt
+        t_half, t_end = stage_time(self.equation, t, self.dt / 2), stage_time(self.equation, t, self.dt)
         Nw = F(w, t, closure)
         if _can_fuse(self.equation, w, Nw, self.E):
-            return self._fused_step(w, Nw, t, closure)
+            return self._fused_step(w, Nw, t, t_half, t_end, closure)
         E2w = self.E2 * w
         a = E2w + self.Q * Nw
-        Na = F(a, t + h / 2, closure)
+        Na = F(a, t_half, closure)
         b = E2w + self.Q * Na
-        Nb = F(b, t + h / 2, closure)
+        Nb = F(b, t_half, closure)
         c = self.E2 * a + self.Q * (2 * Nb - Nw)
-        Nc = F(c, t + h, closure)
+        Nc = F(c, t_end, closure)
         return self.E * w + self.f1 * Nw + 2 * self.f2 * (Na + Nb) + self.f3 * Nc
 
-    def _fused_step(self, w: torch.Tensor, Nw: torch.Tensor, t: float, closure) -> torch.Tensor:
+    def _fused_step(self, w: torch.Tensor, Nw: torch.Tensor, t: float, t_half: float, t_end: float,
+                    closure) -> torch.Tensor:
         """The same step with in-place real multiply-adds (autograd not recording)."""
-        F, h, k = self.equation.explicit_hat, self.dt, self._fused
+        F, k = self.equation.explicit_hat, self._fused
         wr, Nwr = _real(w), _real(Nw)
         e2w = wr * k["E2"]
         a = torch.addcmul(e2w, Nwr, k["Q"])                     # a = E2 w + Q N(w)
-        Na = _real(F(torch.view_as_complex(a), t + h / 2, closure))
+        Na = _real(F(torch.view_as_complex(a), t_half, closure))
         b = e2w.addcmul_(Na, k["Q"])                            # b = E2 w + Q N(a)
-        Nb = _real(F(torch.view_as_complex(b), t + h / 2, closure))
+        Nb = _real(F(torch.view_as_complex(b), t_half, closure))
         c = a.mul_(k["E2"]).addcmul_(Nb, k["Q"], value=2).addcmul_(Nwr, k["Q"], value=-1)
-        Nc = _real(F(torch.view_as_complex(c), t + h, closure))  # c = E2 a + Q (2 N(b) - N(w))
+        Nc = _real(F(torch.view_as_complex(c), t_end, closure))    # c = E2 a + Q (2 N(b) - N(w))
         out = wr * k["E"]
         out.addcmul_(Nwr, k["f1"]).addcmul_(Na.add_(Nb), k["f2x2"]).addcmul_(Nc, k["f3"])
         return torch.view_as_complex(out)
@@ -192,7 +207,7 @@ class CrankNicolsonRK4:
         h = None
         owned = False  # whether w is a temporary of this step (may be updated in place)
         for (alpha, beta, A, B), (Ar, Br) in zip(self.stages, self._fused):
-            Fw = F(w, t + alpha * self.dt, closure)
+            Fw = F(w, stage_time(self.equation, t, alpha * self.dt), closure)
             if _can_fuse(self.equation, w, Fw, A):
                 # fused, in place on real views: h <- F + beta h; w <- A w + B h
                 h = Fw if h is None else Fw.add_(h, alpha=beta)

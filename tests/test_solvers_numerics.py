@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import solvers
-from solvers.integrators import etdrk4_coefficients
+from solvers.integrators import etdrk4_coefficients, stage_time
 
 F64 = torch.float64
 
@@ -54,6 +54,64 @@ def test_burgers_etdrk4_order():
     u0 = solvers.random_velocity(eq.grid, seeds=[1], peak_wavenumber=3, energy=0.2)
     orders, _ = observed_order(eq, u0, "etdrk4", [0.1, 0.05, 0.025], 1.0)
     assert min(orders) >= 3.8, orders
+
+
+class SmoothInTime(solvers.Forcing):
+    """``f = A cos(omega t + phi(x)) g(x)``: a forcing that varies smoothly in time (any dimension)."""
+
+    steady = False
+
+    def physical(self, grid, t=0.0):
+        x = grid.mesh()[0]
+        return 0.5 * torch.cos(3.0 * t + torch.sin(x)) * torch.cos(x)
+
+
+class RedrawnEveryInterval(solvers.Forcing):
+    """``f = s_j g(x)`` on ``[j tau, (j + 1) tau)`` with pseudo-random ``s_j``: piecewise constant in time."""
+
+    steady = False
+    piecewise_constant = True
+
+    def __init__(self, interval):
+        self.interval = interval
+
+    def physical(self, grid, t=0.0):
+        j = math.floor(t / self.interval + 1e-9)
+        s = math.sin(12.9898 * j + 78.233)  # different on every interval, of order one
+        x = grid.mesh()[0]
+        return s * torch.cos(x + j)
+
+
+def forced_case(equation, forcing):
+    if equation == "burgers":
+        eq = solvers.Burgers1D(64, viscosity=0.05, forcing=forcing, dtype=F64)
+        return eq, solvers.random_velocity(eq.grid, seeds=[1], peak_wavenumber=3, energy=0.2)
+    eq = solvers.NavierStokes2D(32, viscosity=0.02, drag=0.1, forcing=forcing, dtype=F64)
+    return eq, smooth_state(eq)
+
+
+@pytest.mark.parametrize("equation", ["burgers", "navier_stokes_2d"])
+@pytest.mark.parametrize("method, expected", [("etdrk4", 3.7), ("cnrk4", 1.6)])
+@pytest.mark.parametrize("kind", ["smooth", "piecewise_constant"])
+def test_order_with_time_dependent_forcing(equation, method, expected, kind):
+    # smooth: every stage must see its own time; piecewise constant (interval = the
+    # largest step): every stage of a step must see the step's own interval. Either
+    # mistake is a first-order error per step (observed order <= 1.25 with this
+    # reference). CN-RK4 goes from 4 (explicit part) to 2 (Crank-Nicolson) here.
+    forcing = SmoothInTime() if kind == "smooth" else RedrawnEveryInterval(interval=0.1)
+    eq, w0 = forced_case(equation, forcing)
+    orders, errs = observed_order(eq, w0, method, [0.1, 0.05, 0.025], 1.0)
+    assert errs[-1] > 1e-13
+    assert min(orders) >= expected, (orders, errs)
+
+
+def test_piecewise_constant_forcing_is_sampled_at_the_step_start():
+    forcing = RedrawnEveryInterval(interval=0.1)
+    eq, _ = forced_case("burgers", forcing)
+    assert [stage_time(eq, 0.1, c) for c in (0.0, 0.05, 0.1)] == [0.1, 0.1, 0.1]
+    smooth, _ = forced_case("burgers", SmoothInTime())
+    assert stage_time(smooth, 0.1, 0.05) == pytest.approx(0.15)
+    assert solvers.StochasticBurgers([1]).piecewise_constant
 
 
 def test_etdrk4_coefficients_match_direct_formulas_away_from_zero():
