@@ -88,7 +88,8 @@ def stage_time(equation, t: float, offset: float) -> float:
     and the scheme keeps its order. (A last stage at ``t + dt`` on an interval
     boundary would otherwise read the next interval's value: a first-order error.)
     """
-    return t if getattr(equation.forcing, "piecewise_constant", False) else t + offset
+    forcing = getattr(equation, "forcing", None)  # steppers accept any object with linear, explicit_hat
+    return t if getattr(forcing, "piecewise_constant", False) else t + offset
 
 
 def _recording(*tensors: torch.Tensor) -> bool:

@@ -146,3 +146,9 @@ def test_sgs_is_nonzero_and_finite_for_a_turbulent_field():
     assert float(sgs.std()) > 1e-3 * float(field.std())
 
 
+
+
+def test_les_forcing_keeps_the_piecewise_constant_time_rule():
+    """P G f of a piecewise-constant forcing is sampled like f: at the step start in every stage."""
+    _, dns, les, _, _ = _setup("burgers_1d", "box")
+    assert dns.forcing.piecewise_constant and les.forcing.piecewise_constant

@@ -51,6 +51,7 @@ class FilteredForcing(Forcing):
     def __init__(self, base: Forcing, filter: Filter):
         self.base, self.filter = base, filter
         self.steady = getattr(base, "steady", True)
+        self.piecewise_constant = getattr(base, "piecewise_constant", False)
         self.ndim = getattr(base, "ndim", None)
 
     def spectral(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
