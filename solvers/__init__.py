@@ -9,16 +9,18 @@ any device, float32 or float64, differentiable end to end. No I/O, no ML.
 """
 
 from solvers.burgers import Burgers1D
-from solvers.equation import SpectralEquation
+from solvers.equation import ImplicitExplicitEquation, SpectralEquation
 from solvers.forcing import Forcing, Guan, Kolmogorov, StochasticBurgers
 from solvers.initial import random_velocity, random_vorticity
-from solvers.integrators import BlowUpError, CrankNicolsonRK4, ETDRK4, simulate
+from solvers.integrators import (STEPPERS, BlowUpError, CrankNicolsonRK4, ETDRK4, make_stepper, simulate,
+                                 simulate_checkpointed)
 from solvers.navier_stokes import NavierStokes2D
 from solvers.spectral import SpectralGrid
 
 __all__ = [
-    "Burgers1D", "NavierStokes2D", "SpectralEquation", "SpectralGrid",
+    "Burgers1D", "NavierStokes2D", "SpectralEquation", "ImplicitExplicitEquation", "SpectralGrid",
     "Forcing", "Kolmogorov", "Guan", "StochasticBurgers",
     "random_vorticity", "random_velocity",
-    "ETDRK4", "CrankNicolsonRK4", "BlowUpError", "simulate",
+    "ETDRK4", "CrankNicolsonRK4", "STEPPERS", "make_stepper", "BlowUpError", "simulate",
+    "simulate_checkpointed",
 ]

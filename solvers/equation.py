@@ -1,11 +1,16 @@
 """Semi-linear spectral equations ``d(w)/dt = L w + N(w) + f (+ closure(w))``.
 
 An equation exposes the two parts a time stepper needs (as in jax-cfd's
-``ImplicitExplicitODE``), in spectral space:
+``ImplicitExplicitODE``), in spectral space: the protocol
+`ImplicitExplicitEquation`,
 
+- ``grid``: its `SpectralGrid`;
 - ``linear``: the diagonal of ``L`` (viscosity, drag), a real tensor on the
   spectral grid;
 - ``explicit_hat(w_hat, t, closure)``: ``N(w) + f(t) + closure(w)``, spectral.
+
+Any object with these three members can be integrated by the steppers of
+`solvers.integrators` (``STEPPERS[method](equation, dt)``).
 
 `tendency` returns the full right-hand side in physical space and `simulate`
 integrates it (`solvers.integrators`). Spectral operators are precomputed once
@@ -15,16 +20,30 @@ per equation (device, dtype). Subclasses implement ``nonlinear_hat``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from solvers.forcing import Forcing
+from solvers.integrators import make_stepper, simulate
 from solvers.spectral import SpectralGrid
 
 Closure = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["SpectralEquation", "Closure"]
+__all__ = ["SpectralEquation", "ImplicitExplicitEquation", "Closure"]
+
+
+@runtime_checkable
+class ImplicitExplicitEquation(Protocol):
+    """``d(w_hat)/dt = linear * w_hat + explicit_hat(w_hat, t, closure)`` on a spectral grid."""
+
+    grid: SpectralGrid
+    linear: torch.Tensor  # the diagonal of the implicitly treated operator L
+
+    def explicit_hat(self, state_hat: torch.Tensor, t: float = 0.0,
+                     closure: Optional[Closure] = None) -> torch.Tensor:
+        """The explicitly treated part ``N(w) + f(t) + closure(w)``, spectral."""
+        ...
 
 
 def _accumulate(out: torch.Tensor, term: torch.Tensor, owned: bool) -> torch.Tensor:
@@ -131,23 +150,21 @@ class SpectralEquation:
     # ------------------------------------------------------------------ integration
     def simulate(self, state: torch.Tensor, dt: float, steps: int, closure: Optional[Closure] = None,
                  save_every: Optional[int] = None, *, time: float = 0.0, method: str = "etdrk4",
-                 callback=None) -> torch.Tensor:
+                 save_at: Optional[Sequence[int]] = None, on_save=None, on_step=None,
+                 check_every: Optional[int] = None) -> torch.Tensor:
         """Integrate ``steps`` steps of size ``dt`` from ``state`` at model time ``time``.
 
         Returns the final state, or with ``save_every=k`` the trajectory
         ``(batch, steps // k + 1, *shape)`` whose first entry is the initial state.
         Raises `solvers.BlowUpError` naming the step, time and batch members if the
-        state becomes non-finite.
+        state becomes non-finite. The other arguments: `solvers.integrators.simulate`.
         """
-        from solvers.integrators import simulate
-
         return simulate(self, state, dt, steps, closure=closure, save_every=save_every, time=time,
-                        method=method, callback=callback)
+                        method=method, save_at=save_at, on_save=on_save, on_step=on_step,
+                        check_every=check_every)
 
     def stepper(self, method: str, dt: float):
         """The (cached) time stepper of ``method`` for step ``dt``."""
-        from solvers.integrators import make_stepper
-
         key = (method, float(dt))
         if key not in self._steppers:
             self._steppers[key] = make_stepper(method, self, dt)

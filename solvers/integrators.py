@@ -1,7 +1,10 @@
-"""Time steppers for semi-linear equations ``w_t = L w + F(w, t)``, L diagonal.
+"""Time steppers and the time loop for semi-linear equations ``w_t = L w + F(w, t)``, L diagonal.
 
-Steppers act on spectral states and only use an equation's ``linear`` diagonal
-and ``explicit_hat(w_hat, t, closure)``; the closure is called at every stage.
+A stepper is built from an equation and a step, ``STEPPERS[method](equation, dt)``,
+and advances spectral states with ``step(w_hat, t, closure)``. It only uses the
+equation's implicit-explicit interface (`solvers.equation.ImplicitExplicitEquation`):
+the ``linear`` diagonal and ``explicit_hat(w_hat, t, closure)``; the closure is
+called at every stage.
 
 - `ETDRK4`: the exponential time-differencing fourth-order Runge-Kutta scheme of
   Cox & Matthews (2002, J. Comput. Phys. 176), with the coefficients evaluated by
@@ -12,8 +15,11 @@ and ``explicit_hat(w_hat, t, closure)``; the closure is called at every stage.
   (``crank_nicolson_rk4``): Carpenter-Kennedy (1994) 5-stage RK4 for the
   explicit part, Crank-Nicolson for the implicit part (second order in ``L``).
 
-`simulate` runs the loop, saving every ``save_every`` steps, and raises
-`BlowUpError` (step, time, batch members) when the state becomes non-finite.
+`simulate` is the one time loop of the project: saves (every ``save_every`` steps
+or at listed steps), save and step hooks, blow-up detection without host
+synchronisation (`BlowUpError`: step, time, batch members) and, for small grids on
+a GPU, CUDA-graph replay. `simulate_checkpointed` is its differentiable variant
+for training through the solver (gradient checkpointing, no synchronisation).
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["ETDRK4", "CrankNicolsonRK4", "BlowUpError", "make_stepper", "simulate", "etdrk4_coefficients"]
+__all__ = ["ETDRK4", "CrankNicolsonRK4", "BlowUpError", "STEPPERS", "make_stepper", "simulate",
+           "simulate_checkpointed", "etdrk4_coefficients"]
 
 
 class BlowUpError(RuntimeError):
@@ -222,14 +230,17 @@ class CrankNicolsonRK4:
         return w
 
 
-_STEPPERS = {"etdrk4": ETDRK4, "cnrk4": CrankNicolsonRK4, "crank_nicolson_rk4": CrankNicolsonRK4}
+# method name -> stepper: a function of (equation, dt) returning an object with ``step(w_hat, t, closure)``
+STEPPERS = {"etdrk4": ETDRK4, "cnrk4": CrankNicolsonRK4}
 
 
 def make_stepper(method: str, equation, dt: float):
+    """The stepper ``STEPPERS[method](equation, dt)``."""
     try:
-        return _STEPPERS[method](equation, dt)
+        factory = STEPPERS[method]
     except KeyError:
-        raise ValueError(f"unknown integrator {method!r}; choose from {sorted(_STEPPERS)}") from None
+        raise ValueError(f"unknown integrator {method!r}; choose from {sorted(STEPPERS)}") from None
+    return factory(equation, dt)
 
 
 # ---------------------------------------------------------------------------- loop
@@ -301,16 +312,7 @@ def _cuda_graph_runner(equation, stepper, w_hat: torch.Tensor, closure, steps: i
     return runner
 
 
-def simulate(equation, state: torch.Tensor, dt: float, steps: int, closure=None,
-             save_every: Optional[int] = None, time: float = 0.0, method: str = "etdrk4",
-             callback=None, check_every: Optional[int] = None) -> torch.Tensor:
-    """Integrate ``equation`` for ``steps`` steps; see `SpectralEquation.simulate`.
-
-    Non-finite states are tracked on the device without synchronising; the flag
-    is read every ``check_every`` steps (1 on the CPU, 50 on accelerators), at
-    every save and at the end. ``callback(step, time, state_hat)`` (optional) is
-    called after each step.
-    """
+def _check_arguments(equation, state: torch.Tensor, dt: float, steps: int, save_every: Optional[int]):
     equation.check_state(state)
     if steps < 0 or int(steps) != steps:
         raise ValueError(f"steps must be a non-negative integer, got {steps}")
@@ -318,25 +320,57 @@ def simulate(equation, state: torch.Tensor, dt: float, steps: int, closure=None,
         raise ValueError(f"save_every must be positive, got {save_every}")
     if not (dt > 0 and math.isfinite(dt)):
         raise ValueError(f"dt must be positive and finite, got {dt}")
+
+
+def simulate(equation, state: torch.Tensor, dt: float, steps: int, closure=None,
+             save_every: Optional[int] = None, time: float = 0.0, method: str = "etdrk4", *,
+             save_at: Optional[Sequence[int]] = None, on_save: Optional[Callable] = None,
+             on_step: Optional[Callable] = None, check_every: Optional[int] = None) -> torch.Tensor:
+    """Integrate ``equation`` for ``steps`` steps of ``dt`` from ``state`` (physical) at model time ``time``.
+
+    Step ``i`` (counted from 0) advances from model time ``time + i dt``. The saves
+    are the initial state and the states after every ``save_every``-th step, or
+    after the steps listed in ``save_at`` (step numbers counted from 1; 0 = the
+    initial state). Returns the final physical state, or with saves the trajectory
+    ``(batch, saves, *shape)``. Hooks (optional):
+
+    - ``on_save(step, time, state_hat)`` at each save (after the finiteness check);
+      with it the saves are handed over instead of being kept, and the final
+      state is returned;
+    - ``on_step(step, time, state_hat)`` after each step.
+
+    ``state_hat`` is the spectral state, valid until the next step (read it, do
+    not keep it). Non-finite states are tracked on the device without
+    synchronising; the flag is read every ``check_every`` steps (1 on the CPU, 50
+    on accelerators), at every save and at the end, and `BlowUpError` names the
+    first non-finite step, its time and the batch members.
+    """
+    _check_arguments(equation, state, dt, steps, save_every)
+    steps = int(steps)
     stepper = equation.stepper(method, dt)
     grid = equation.grid
     if check_every is None:
         check_every = 1 if state.device.type == "cpu" else 50
+    targets = set(int(s) for s in save_at) if save_at is not None else set()
+    saving_any = save_every is not None or save_at is not None
+    keep = saving_any and on_save is None
     w_hat = grid.to_spectral(state)
-    saved = [state] if save_every else None
+    saved = [state] if keep else None
     first_bad = torch.full((state.shape[0],), -1, dtype=torch.long, device=state.device)
+    if on_save is not None and (save_every is not None or 0 in targets):
+        on_save(0, time, w_hat)
 
-    def check(step_now: int):
+    def check():
         if bool((first_bad >= 0).any()):
             members = torch.nonzero(first_bad >= 0).flatten().tolist()
             step = int(first_bad[first_bad >= 0].min())
             partial = torch.stack(saved, dim=1) if saved else None
             raise BlowUpError(step, time + step * dt, members, partial)
 
-    graph = _cuda_graph_runner(equation, stepper, w_hat, closure, int(steps))
+    graph = _cuda_graph_runner(equation, stepper, w_hat, closure, steps)
     if graph is not None:
         first_bad = graph.first_bad
-    for i in range(int(steps)):
+    for i in range(steps):
         t = time + i * dt
         if graph is not None:  # the same step, replayed (steady equation, t unused)
             graph.graph.replay()
@@ -346,13 +380,64 @@ def simulate(equation, state: torch.Tensor, dt: float, steps: int, closure=None,
             with torch.no_grad():
                 bad = _nonfinite_members(w_hat, grid.ndim)
                 first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i + 1), first_bad)
-        saving = save_every is not None and (i + 1) % save_every == 0
+        saving = (save_every is not None and (i + 1) % save_every == 0) or (i + 1) in targets
         if (i + 1) % check_every == 0 or saving or i + 1 == steps:
-            check(i + 1)
+            check()
         if saving:
+            if keep:
+                saved.append(grid.to_physical(w_hat))
+            else:
+                on_save(i + 1, time + (i + 1) * dt, w_hat)
+        if on_step is not None:
+            on_step(i + 1, time + (i + 1) * dt, w_hat)
+    if keep:
+        return torch.stack(saved, dim=1)
+    return grid.to_physical(w_hat)
+
+
+def _advance(stepper, closure, time: float, dt: float):
+    """``run(w_hat, first, n)``: ``n`` steps from step number ``first`` (model time ``time + first dt``)."""
+    def run(w_hat: torch.Tensor, first: int, n: int) -> torch.Tensor:
+        for j in range(first, first + n):
+            w_hat = stepper.step(w_hat, time + j * dt, closure)
+        return w_hat
+    return run
+
+
+def simulate_checkpointed(equation, state: torch.Tensor, dt: float, steps: int, closure=None,
+                          save_every: Optional[int] = None, time: float = 0.0, method: str = "etdrk4", *,
+                          checkpoint_every: Optional[int] = 1) -> torch.Tensor:
+    """`simulate` for training through the solver: differentiable, memory-bounded, never synchronising.
+
+    With ``checkpoint_every=g`` (and autograd recording) each group of ``g`` steps
+    is recomputed in the backward pass (``torch.utils.checkpoint``): the gradients
+    are those of the plain loop, the memory that of ``steps / g`` spectral states
+    plus one group's intermediates. ``checkpoint_every=None`` records every stage.
+    Returns the final state or, with ``save_every``, the trajectory
+    ``(batch, steps // save_every + 1, *shape)`` (``steps`` a multiple of it).
+    There is no blow-up check (it would synchronise): non-finite members stay
+    non-finite, for the caller's loss to detect.
+    """
+    _check_arguments(equation, state, dt, steps, save_every)
+    if save_every is not None and steps % save_every:
+        raise ValueError(f"steps={steps} must be a multiple of save_every={save_every}")
+    grid = equation.grid
+    run = _advance(equation.stepper(method, dt), closure, time, dt)
+    use_checkpoint = checkpoint_every is not None and torch.is_grad_enabled()
+    interval = save_every or int(steps) or 1
+    group = checkpoint_every or interval
+    w_hat = grid.to_spectral(state)
+    saved = [state]
+    step = 0
+    while step < steps:
+        n = min(group, interval - step % interval)
+        if use_checkpoint:
+            w_hat = checkpoint(run, w_hat, step, n, use_reentrant=False)
+        else:
+            w_hat = run(w_hat, step, n)
+        step += n
+        if save_every is not None and step % save_every == 0:
             saved.append(grid.to_physical(w_hat))
-        if callback is not None:
-            callback(i + 1, time + (i + 1) * dt, w_hat if graph is None else w_hat.clone())
-    if saved is not None:
+    if save_every is not None:
         return torch.stack(saved, dim=1)
     return grid.to_physical(w_hat)

@@ -226,6 +226,49 @@ def test_save_every_shapes_and_first_entry():
     assert torch.equal(traj[:, 0], w)
 
 
+def test_save_hooks_see_the_saved_states_and_steps():
+    eq = kolmogorov(16)
+    w = smooth_state(eq, seeds=(1, 2))
+    traj = eq.simulate(w, dt=0.01, steps=6, save_every=3)
+    seen, steps_seen = [], []
+    final = eq.simulate(w, dt=0.01, steps=6, save_at=[0, 3, 6], time=1.0,
+                        on_save=lambda step, t, w_hat: seen.append((step, t, eq.grid.to_physical(w_hat))),
+                        on_step=lambda step, t, w_hat: steps_seen.append(step))
+    assert [s for s, _, _ in seen] == [0, 3, 6] and steps_seen == [1, 2, 3, 4, 5, 6]
+    assert [t for _, t, _ in seen] == [1.0, 1.0 + 3 * 0.01, 1.0 + 6 * 0.01]
+    assert torch.equal(torch.stack([x for _, _, x in seen[1:]], dim=1), traj[:, 1:])
+    assert torch.allclose(seen[0][2], w, atol=1e-12)  # the initial state, through the transform pair
+    assert torch.equal(final, traj[:, -1])
+    uneven = eq.simulate(w, dt=0.01, steps=5, save_at=[2, 5])
+    assert torch.equal(uneven[:, 0], w) and torch.equal(uneven[:, 2], eq.simulate(w, dt=0.01, steps=5))
+
+
+def test_checkpointed_variant_is_the_same_loop():
+    eq = solvers.Burgers1D(32, viscosity=0.05, forcing=solvers.StochasticBurgers([3, 4], interval=0.02),
+                           dtype=F64)
+    u = torch.sin(eq.grid.mesh()[0])[None].repeat(2, 1)
+    plain = eq.simulate(u, dt=0.01, steps=8, save_every=4, time=0.5)
+    for group in (None, 1, 3):
+        ckpt = solvers.simulate_checkpointed(eq, u, 0.01, 8, None, 4, 0.5, checkpoint_every=group)
+        assert torch.equal(ckpt, plain)
+
+
+def test_steppers_are_functions_of_an_implicit_explicit_equation():
+    class Decay:  # w_t = -w + 0: exact solution e^{-t}
+        grid = solvers.SpectralGrid(8, 2 * math.pi, 1, F64, torch.device("cpu"))
+        linear = -torch.ones(5, dtype=F64)
+
+        def explicit_hat(self, w_hat, t=0.0, closure=None):
+            return torch.zeros_like(w_hat)
+
+    eq = Decay()
+    assert isinstance(eq, solvers.ImplicitExplicitEquation)
+    w_hat = torch.ones(1, 5, dtype=torch.complex128)
+    for method in solvers.STEPPERS:
+        out = solvers.make_stepper(method, eq, 0.1).step(w_hat, 0.0)
+        assert torch.allclose(out.real, torch.full_like(out.real, math.exp(-0.1)), atol=1e-5)
+
+
 def test_blow_up_raises_with_step_and_members():
     eq = solvers.NavierStokes2D(32, viscosity=1e-4, dtype=F64)
     w = smooth_state(eq, seeds=(1, 2))

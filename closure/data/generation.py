@@ -33,7 +33,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from solvers import BlowUpError
+
 from closure.data import dataset as ds_io
+from closure.data.sgs import sgs_hat
+from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
 from closure.config import Config, config_from_yaml, config_to_yaml, resolve_device, resolve_dtype
 from closure.errors import ClosureError
 from closure.progress import progress as progress_bar
@@ -87,9 +91,6 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
 
     Raises `ClosureError` naming the trajectory and the model time if the DNS blows up.
     """
-    from closure.data.sgs import sgs_hat
-    from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
-
     ids = [int(i) for i in ids]
     n_real = len(ids)
     if n_real == 1 and config.dns.batch_size > 1 and config.system.ndim == 2:
@@ -105,45 +106,33 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
     filt = make_filter(config)
     d = config.dns
     dt = d.dt
-    stepper = dns.stepper(d.integrator, dt)
     grid = dns.grid
     keep = config.data.keep_dns
+    fields, sgss, dnss, times = [], [], [], []
 
+    def snapshot(step: int, time: float, w_hat: torch.Tensor):
+        field_hat, s_hat = sgs_hat(w_hat, dns, les, filt)
+        fields.append(les.grid.to_physical(field_hat).cpu().numpy())
+        sgss.append(les.grid.to_physical(s_hat).cpu().numpy())
+        if keep:
+            dnss.append(grid.to_physical(w_hat).cpu().numpy())
+        times.append(time)
+
+    # absolute step numbers of the snapshots
+    targets = [d.spinup_steps + j * d.sample_steps for j in range(d.samples)]
+    on_step = None if on_steps is None else (lambda step, time, w_hat: on_steps(1))
+    state = initial_state(config, grid, seeds).to(device=device, dtype=dtype)
     with torch.no_grad():
-        w_hat = grid.to_spectral(initial_state(config, grid, seeds).to(device=device, dtype=dtype))
-        fields, sgss, dnss, times = [], [], [], []
-        step = 0
-        # absolute step numbers of the snapshots
-        targets = [d.spinup_steps + j * d.sample_steps for j in range(d.samples)]
-        check_every = 1 if device.type == "cpu" else 20
-        for target in targets:
-            while step < target:
-                w_hat = stepper.step(w_hat, step * dt, None)
-                step += 1
-                if step % check_every == 0 or step == target:
-                    _check_finite(w_hat, ids, step, dt, grid.ndim)
-                if on_steps is not None:
-                    on_steps(1)
-            field_hat, s_hat = sgs_hat(w_hat, dns, les, filt)
-            fields.append(les.grid.to_physical(field_hat).cpu().numpy())
-            sgss.append(les.grid.to_physical(s_hat).cpu().numpy())
-            if keep:
-                dnss.append(grid.to_physical(w_hat).cpu().numpy())
-            times.append(step * dt)
+        try:
+            dns.simulate(state, dt, targets[-1], method=d.integrator, save_at=targets, on_save=snapshot,
+                         on_step=on_step, check_every=1 if device.type == "cpu" else 20)
+        except BlowUpError as err:
+            names = ", ".join(str(i) for i in sorted({ids[m] for m in err.members}))
+            raise ClosureError(f"DNS blew up: trajectory {names} became non-finite at t = {err.time:.6g} "
+                               f"(step {err.step}, dns.dt={dt:g}); reduce dns.dt or raise dns.resolution") from None
     stack = lambda xs: np.stack(xs, axis=1)[:n_real]  # noqa: E731  (batch, time, *space)
     return BatchResult(ids[:n_real], np.asarray(times, dtype=np.float64), stack(fields), stack(sgss),
                        stack(dnss) if keep else None)
-
-
-def _check_finite(w_hat: torch.Tensor, ids: list[int], step: int, dt: float, ndim: int):
-    dims = tuple(range(-ndim, 0))
-    total = torch.view_as_real(w_hat).sum(dim=-1).sum(dim=dims)
-    bad = ~torch.isfinite(total)
-    if bool(bad.any()):
-        members = torch.nonzero(bad).flatten().tolist()
-        names = ", ".join(str(i) for i in sorted({ids[m] for m in members}))
-        raise ClosureError(f"DNS blew up: trajectory {names} became non-finite at t = {step * dt:.6g} "
-                           f"(step {step}, dns.dt={dt:g}); reduce dns.dt or raise dns.resolution")
 
 
 def _part_dataset(config: Config, result: BatchResult):

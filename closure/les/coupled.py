@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from closure.data import dataset as ds_io
+from closure.data.system import dns_equation, initial_state, les_equation, trajectory_seeds
 from closure.les.baselines import BASELINES, is_baseline, make_closure
 from closure.config import Config, resolve_device, resolve_dtype
 from closure import storage
@@ -148,32 +149,30 @@ class cpu_threads:
 
 def time_dns(config: Config, batch: int, device, dtype, max_steps: int = 20, budget_s: float = 2.0) -> float:
     """Seconds of wall clock per unit model time of the DNS of ``config`` for ``batch`` trajectories."""
-    from closure.data.system import dns_equation, initial_state, trajectory_seeds
-
     with cpu_threads(device, config.dns.resolution):
         return _time_dns(config, batch, device, dtype, max_steps, budget_s)
 
 
 def _time_dns(config, batch, device, dtype, max_steps, budget_s):
-    from closure.data.system import dns_equation, initial_state, trajectory_seeds
-
     seeds = trajectory_seeds(config, range(batch))
     eq = dns_equation(config, dtype=dtype, device=device, seeds=seeds)
     state = initial_state(config, eq.grid, seeds).to(device=device, dtype=dtype)
-    stepper = eq.stepper(config.dns.integrator, config.dns.dt)
-    w = eq.grid.to_spectral(state)
+    d = config.dns
     with torch.no_grad():
-        w = stepper.step(w, 0.0)  # warm-up (plans, caches)
         _sync(eq.device)
-        start, steps = _time.perf_counter(), 0
-        while steps < max_steps:
-            w = stepper.step(w, steps * config.dns.dt)
-            steps += 1
-            _sync(eq.device)
-            if _time.perf_counter() - start > budget_s and steps >= 2:
-                break
+        start = _time.perf_counter()
+        state = eq.simulate(state, d.dt, 1, method=d.integrator)  # warm-up (plans, caches)
+        _sync(eq.device)
+        first = _time.perf_counter() - start
+        steps = max(2, min(max_steps, int(budget_s / max(first, 1e-9))))
+        if eq.device.type != "cpu":  # a second warm-up: the CUDA graph of `steps`-step runs
+            state = eq.simulate(state, d.dt, steps, time=d.dt, method=d.integrator)
+        _sync(eq.device)
+        start = _time.perf_counter()
+        eq.simulate(state, d.dt, steps, time=d.dt, method=d.integrator)
+        _sync(eq.device)
         elapsed = _time.perf_counter() - start
-    return elapsed / (steps * config.dns.dt)
+    return elapsed / (steps * d.dt)
 
 
 class LESResult:
@@ -260,8 +259,6 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     ``name`` overrides the ``model`` attribute (default: the baseline name or the run directory's
     name); ``extra_attrs`` are added to the output's global attributes.
     """
-    from closure.data.system import les_equation, trajectory_seeds
-
     output = Path(output)
     model_str = str(model)
     if not is_baseline(model_str):

@@ -12,7 +12,7 @@ the trajectory mismatch through the solver:
 
 where ``T`` is the dataset's sample interval, ``m = T / dt`` LES steps per
 sample and ``S`` the number of snapshots in the window. Gradients flow through
-every ETDRK4 stage by autograd; `rollout` recomputes each group of steps in the
+every ETDRK4 stage by autograd; `rollout` (the solver's `solvers.simulate_checkpointed`) recomputes each group of steps in the
 backward pass (gradient checkpointing, ``torch.utils.checkpoint``), so memory
 grows with the number of saved step inputs (one spectral state per group)
 instead of every stage's intermediates.
@@ -23,17 +23,10 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-from torch.utils.checkpoint import checkpoint
+
+from solvers import simulate_checkpointed
 
 __all__ = ["rollout", "trajectory_loss", "window_loss"]
-
-
-def _advance(stepper, closure, dt: float):
-    def run(w_hat: torch.Tensor, t0: float, steps: int) -> torch.Tensor:
-        for j in range(steps):
-            w_hat = stepper.step(w_hat, t0 + j * dt, closure)
-        return w_hat
-    return run
 
 
 def rollout(equation, closure: Optional[Callable], field: torch.Tensor, dt: float, steps: int,
@@ -41,31 +34,14 @@ def rollout(equation, closure: Optional[Callable], field: torch.Tensor, dt: floa
             checkpoint_every: Optional[int] = 1) -> torch.Tensor:
     """Differentiable LES trajectory ``(batch, steps // save_every + 1, *shape)`` from ``field``.
 
-    With ``checkpoint_every=g`` (and autograd recording) each group of ``g`` steps
-    is recomputed in the backward pass: the gradients are those of the plain
-    rollout, the memory that of ``steps / g`` spectral states plus one group.
-    ``checkpoint_every=None`` disables checkpointing.
+    The solver's `solvers.simulate_checkpointed`: with ``checkpoint_every=g`` (and
+    autograd recording) each group of ``g`` steps is recomputed in the backward
+    pass: the gradients are those of the plain rollout, the memory that of
+    ``steps / g`` spectral states plus one group. ``checkpoint_every=None``
+    disables checkpointing.
     """
-    if steps % save_every:
-        raise ValueError(f"steps={steps} must be a multiple of save_every={save_every}")
-    grid = equation.grid
-    run = _advance(equation.stepper(method, dt), closure, dt)
-    use_checkpoint = checkpoint_every is not None and torch.is_grad_enabled()
-    group = checkpoint_every or save_every
-    w_hat = grid.to_spectral(field)
-    saved = [field]
-    step = 0
-    while step < steps:
-        n = min(group, save_every - step % save_every)
-        t0 = time + step * dt
-        if use_checkpoint:
-            w_hat = checkpoint(run, w_hat, t0, n, use_reentrant=False)
-        else:
-            w_hat = run(w_hat, t0, n)
-        step += n
-        if step % save_every == 0:
-            saved.append(grid.to_physical(w_hat))
-    return torch.stack(saved, dim=1)
+    return simulate_checkpointed(equation, field, dt, steps, closure, save_every, time, method,
+                                 checkpoint_every=checkpoint_every)
 
 
 def _isotropic_spectrum(field: torch.Tensor, ndim: int) -> torch.Tensor:
