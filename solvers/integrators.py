@@ -113,6 +113,14 @@ def _can_fuse(equation, w: torch.Tensor, Fw: torch.Tensor, coefficient: torch.Te
             and torch.view_as_real(w.new_empty(0)).dtype == coefficient.dtype)
 
 
+def _kept_block(equation, w: torch.Tensor, closure):
+    """The equation's kept-columns layout for a fused step (`NavierStokes2D.kept_block`),
+    or None: autograd recording, a closure, or an equation without one."""
+    if not hasattr(equation, "kept_block") or _recording(w) or not w.is_complex():
+        return None
+    return equation.kept_block(closure)
+
+
 def _real(x: torch.Tensor) -> torch.Tensor:
     """The real view ``(..., 2)`` of a complex tensor (a copy only for a lazy conjugate)."""
     return torch.view_as_real(x.resolve_conj())
@@ -149,6 +157,9 @@ class ETDRK4:
 
     def step(self, w: torch.Tensor, t: float, closure: Optional[Callable] = None) -> torch.Tensor:
         F = self.equation.explicit_hat
+        block = _kept_block(self.equation, w, closure)
+        if block is not None:
+            return self._kept_columns_step(block, w)
         t_half, t_end = stage_time(self.equation, t, self.dt / 2), stage_time(self.equation, t, self.dt)
         Nw = F(w, t, closure)
         if _can_fuse(self.equation, w, Nw, self.E):
@@ -161,6 +172,28 @@ class ETDRK4:
         c = self.E2 * a + self.Q * (2 * Nb - Nw)
         Nc = F(c, t_end, closure)
         return self.E * w + self.f1 * Nw + 2 * self.f2 * (Na + Nb) + self.f3 * Nc
+
+    def _kept_columns_step(self, block, w: torch.Tensor) -> torch.Tensor:
+        """The fused step on the equation's kept-columns layout (`kept_block`): the same
+        multiply-adds on the columns where ``N + f`` is non-zero, ``e^{hL} w`` elsewhere."""
+        if self.__dict__.get("_block") is not block:
+            self._block = block
+            self._block_coefficients = {name: block.coefficient(c) for name, c in
+                                        (("E", self.E), ("E2", self.E2), ("Q", self.Q), ("f1", self.f1),
+                                         ("f2x2", 2 * self.f2), ("f3", self.f3))}
+        k, F = self._block_coefficients, block.explicit
+        wr = block.pack(w)
+        Nw = F(wr)
+        e2w = wr * k["E2"]
+        a = torch.addcmul(e2w, Nw, k["Q"])                      # a = E2 w + Q N(w)
+        Na = F(a)
+        b = e2w.addcmul_(Na, k["Q"])                            # b = E2 w + Q N(a)
+        Nb = F(b)
+        c = a.mul_(k["E2"]).addcmul_(Nb, k["Q"], value=2).addcmul_(Nw, k["Q"], value=-1)
+        Nc = F(c)                                               # c = E2 a + Q (2 N(b) - N(w))
+        out = torch.mul(wr, k["E"], out=block.new_state(w.shape[0]))
+        out.addcmul_(Nw, k["f1"]).addcmul_(Na.add_(Nb), k["f2x2"]).addcmul_(Nc, k["f3"])
+        return block.unpack(out, w, self.E)
 
     def _fused_step(self, w: torch.Tensor, Nw: torch.Tensor, t: float, t_half: float, t_end: float,
                     closure) -> torch.Tensor:
@@ -212,6 +245,9 @@ class CrankNicolsonRK4:
         self._fused = [(_real_coefficient(A), _real_coefficient(B)) for _, _, A, B in self.stages]
 
     def step(self, w: torch.Tensor, t: float, closure: Optional[Callable] = None) -> torch.Tensor:
+        block = _kept_block(self.equation, w, closure)
+        if block is not None:
+            return self._kept_columns_step(block, w)
         F = self.equation.explicit_hat
         h = None
         owned = False  # whether w is a temporary of this step (may be updated in place)
@@ -228,6 +264,28 @@ class CrankNicolsonRK4:
             w = A * w + B * h
             owned = False
         return w
+
+    def _kept_columns_step(self, block, w: torch.Tensor) -> torch.Tensor:
+        """The fused stages on the equation's kept-columns layout (`kept_block`); elsewhere
+        ``F = 0``, so ``h = 0`` and each stage multiplies by ``A_k``."""
+        if self.__dict__.get("_block") is not block:
+            self._block = block
+            self._block_stages = [(beta, block.coefficient(A), block.coefficient(B))
+                                  for _, beta, A, B in self.stages]
+            rest = torch.ones_like(self.equation.linear, dtype=torch.float64)
+            for _, _, A, _ in self.stages:
+                rest = rest * A.to(torch.float64)
+            self._block_rest = rest.to(self.equation.linear.dtype)
+        state, h = block.pack(w), None
+        for k, (beta, A, B) in enumerate(self._block_stages):
+            Fw = block.explicit(state)
+            h = Fw if h is None else Fw.add_(h, alpha=beta)     # h <- F + beta h
+            if k == len(self._block_stages) - 1:                # w <- A w + B h
+                state = torch.mul(state, A, out=block.new_state(w.shape[0]))
+            else:
+                state = state * A if k == 0 else state.mul_(A)
+            state.addcmul_(h, B)
+        return block.unpack(state, w, self._block_rest)
 
 
 # method name -> stepper: a function of (equation, dt) returning an object with ``step(w_hat, t, closure)``

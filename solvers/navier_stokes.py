@@ -19,6 +19,8 @@ truncated field (no aliasing for ``n`` not divisible by 3).
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from solvers.equation import SpectralEquation
@@ -95,6 +97,17 @@ class NavierStokes2D(SpectralEquation):
         out[..., :kept] = torch.view_as_complex(adv).transpose(-1, -2)
         return out
 
+    def kept_block(self, closure=None) -> "KeptColumns | None":
+        """The kept-columns layout of the fused step (`KeptColumns`), or None where it does
+        not apply: with a closure, or a forcing that is unsteady or has modes ``m_x > n // 3``."""
+        if closure is not None or (self.forcing is not None and self._steady_forcing_hat is None):
+            return None
+        if "_kept_block" not in self.__dict__:
+            f = self._steady_forcing_hat
+            ok = f is None or not bool(f[..., self._kept_columns:].abs().amax() > 0)
+            self._kept_block = KeptColumns(self) if ok else None
+        return self._kept_block
+
     def velocity(self, vorticity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Physical velocity ``(u, v)`` of a vorticity field (all modes)."""
         return self.grid.velocity(vorticity)
@@ -115,3 +128,94 @@ class NavierStokes2D(SpectralEquation):
     def enstrophy(self, state: torch.Tensor) -> torch.Tensor:
         """Mean enstrophy ``<omega^2> / 2`` per batch member."""
         return 0.5 * (state ** 2).mean(dim=(-2, -1))
+
+
+class KeptColumns:
+    """The state of the fused (no-autograd) ETDRK4 step: the kept columns ``m_x <= n // 3`` only.
+
+    Outside them the explicit term ``N(w) + f`` is zero (2/3 truncation, forcing checked
+    by `NavierStokes2D.kept_block`), so those modes evolve by the exact linear factor
+    ``e^{dt L}`` and only the kept columns enter the stages. Inside, fields are stored
+    ``[m_x, m_y]``-ordered, ``(batch, kept, n)``, as real views ``(batch, kept, n, 2)``:
+    the y transforms then run on contiguous rows and every transposition is one copy
+    whose source rows are not a power-of-two bytes apart (rows padded by ``_PAD``
+    entries: a power-of-two stride maps a column onto one cache set and made these
+    copies ~6x slower). Same sums as `NavierStokes2D.nonlinear_hat`, other rounding.
+    Work buffers are cached per thread, batch and dtype.
+    """
+
+    _PAD = 8
+
+    def __init__(self, equation: NavierStokes2D):
+        g = equation.grid
+        self.n, self.kept, self.half = g.n, equation._kept_columns, g.n // 2 + 1
+        self.device, self.real_dtype, self.complex_dtype = g.device, g.dtype, g.complex_dtype
+        self.velocity_ops = equation._velocity_ops_kept.transpose(-1, -2).contiguous()   # (2, kept, n)
+        self.advection_ops = equation._advection_ops_kept_t                                # (2, kept, n, 2)
+        f = equation._steady_forcing_hat
+        self.forcing = None if f is None else torch.view_as_real(self._columns(f)).contiguous()
+        self._buffers: dict = {}
+
+    def _columns(self, c: torch.Tensor) -> torch.Tensor:
+        """``c[..., m_y, m_x]`` on the kept columns, ``[m_x, m_y]``-ordered and contiguous."""
+        return c[..., :self.kept].transpose(-1, -2).contiguous()
+
+    def coefficient(self, c: torch.Tensor) -> torch.Tensor:
+        """A real diagonal coefficient on the spectral grid -> ``(kept, n, 2)`` (the real
+        views' trailing axis duplicated, as in `solvers.integrators`)."""
+        c = self._columns(c)
+        return c.unsqueeze(-1).expand(*c.shape, 2).contiguous()
+
+    def _work(self, batch: int) -> dict:
+        key = (threading.get_ident(), batch)
+        if key not in self._buffers:
+            n, kept, pad = self.n, self.kept, self._PAD
+            cd = dict(device=self.device, dtype=self.complex_dtype)
+            self._buffers[key] = {
+                "padded": torch.empty(batch, 2, kept, n + pad, **cd)[..., :n],
+                "spectrum": torch.zeros(batch, 2, n, self.half, **cd),   # zero beyond the kept columns
+                "products": torch.empty(batch, 2, n, n, device=self.device, dtype=self.real_dtype),
+            }
+        return self._buffers[key]
+
+    def new_state(self, batch: int) -> torch.Tensor:
+        """An uninitialised real state ``(batch, kept, n, 2)`` with padded rows (for `unpack`)."""
+        n = self.n
+        storage = torch.empty(batch, self.kept, n + self._PAD, device=self.device, dtype=self.complex_dtype)
+        return torch.view_as_real(storage[..., :n])
+
+    def pack(self, w_hat: torch.Tensor) -> torch.Tensor:
+        """Spectral state ``(batch, n, n//2+1)`` -> real kept-columns state ``(batch, kept, n, 2)``."""
+        return torch.view_as_real(w_hat[..., :self.kept].transpose(-1, -2).contiguous())
+
+    def unpack(self, state: torch.Tensor, w_hat: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        """The full spectral state: ``state`` on the kept columns, ``rest * w_hat`` on the others."""
+        out = torch.empty_like(w_hat)
+        out[..., :self.kept] = torch.view_as_complex(state).transpose(-1, -2)
+        torch.mul(w_hat[..., self.kept:], rest[..., self.kept:], out=out[..., self.kept:])
+        return out
+
+    def explicit(self, state: torch.Tensor) -> torch.Tensor:
+        """``N(w) + f`` on the kept columns, real ``(batch, kept, n, 2)`` (a fresh tensor)."""
+        n, kept = self.n, self.kept
+        work = self._work(state.shape[0])
+        w = torch.view_as_complex(state)
+        # velocities: y transform on contiguous [m_x, m_y] rows, one transposition into the
+        # zero-padded half spectrum, x transform
+        uv_hat = torch.fft.ifft(self.velocity_ops * w.unsqueeze(-3), dim=-1)
+        work["padded"].copy_(uv_hat)
+        work["spectrum"][..., :kept].copy_(work["padded"].transpose(-1, -2))
+        uv = torch.fft.irfft(work["spectrum"], n=n, dim=-1)
+        u, v = uv.unbind(-3)
+        products = work["products"]
+        uu, vv = products.unbind(-3)
+        torch.mul(u, v, out=uu)
+        torch.mul(v, v, out=vv).addcmul_(u, u, value=-1)
+        # x transform, then the y transform of the kept columns (torch transposes them into
+        # contiguous rows on the way: a copy with a non-power-of-two source stride)
+        products_hat = torch.fft.fft(torch.fft.rfft(products, dim=-1)[..., :kept].transpose(-1, -2), dim=-1)
+        products_hat = torch.view_as_real(products_hat)
+        ops = self.advection_ops
+        out = (products_hat[:, 0] * ops[0] if self.forcing is None
+               else torch.addcmul(self.forcing, products_hat[:, 0], ops[0]))
+        return out.addcmul_(products_hat[:, 1], ops[1])

@@ -176,6 +176,31 @@ def test_float32_tracks_float64():
 
 
 @pytest.mark.parametrize("method", ["etdrk4", "cnrk4"])
+def test_fused_step_matches_differentiable_path(method):
+    # no autograd: the fused kept-columns step; a state requiring grad: the plain expressions
+    eq = kolmogorov(48)   # n // 3 = 16: kept columns 0..16 of 25
+    assert eq.kept_block() is not None
+    w = solvers.random_vorticity(eq.grid, seeds=[1, 2], peak_wavenumber=6, energy=2.0)
+    with torch.no_grad():
+        fast = eq.simulate(w, dt=0.02, steps=10, method=method)
+    ref = eq.simulate(w.clone().requires_grad_(True), dt=0.02, steps=10, method=method).detach()
+    assert ((fast - ref).norm() / ref.norm()).item() < 1e-14
+    assert not torch.equal(fast, w)
+    # beyond the kept columns the state decays by exactly the linear factor
+    fast_hat, w_hat = eq.grid.to_spectral(fast), eq.grid.to_spectral(w)
+    factor = torch.exp(10 * 0.02 * eq.linear[..., 17:])
+    if method == "etdrk4":
+        assert torch.allclose(fast_hat[..., 17:], factor * w_hat[..., 17:], rtol=1e-12, atol=1e-9)
+
+
+def test_fused_step_falls_back_without_the_kept_columns_layout():
+    # a forcing beyond the kept columns, or a closure: the full-spectrum path
+    eq = solvers.NavierStokes2D(24, viscosity=0.02, forcing=solvers.Guan(10, 1.0), dtype=F64)
+    assert eq.kept_block() is None
+    assert kolmogorov(24).kept_block(closure=lambda s: -s) is None
+
+
+@pytest.mark.parametrize("method", ["etdrk4", "cnrk4"])
 def test_gradcheck_through_steps_ns2d(method):
     eq = solvers.NavierStokes2D(8, viscosity=0.05, drag=0.1, forcing=solvers.Kolmogorov(1, 1.0), dtype=F64)
     w = (0.3 * smooth_state(eq)).requires_grad_(True)
