@@ -26,8 +26,6 @@ from typing import Optional, Sequence
 
 from closure.errors import ClosureError
 
-BASELINES = ("none", "smagorinsky", "dynamic_smagorinsky", "leith")
-
 log = logging.getLogger("closure")
 
 
@@ -87,10 +85,12 @@ def cmd_les(args) -> int:
     config = _load(args)
     data = _require_file(args.data, "dataset file")
     model = args.model
-    if model not in BASELINES and not Path(model).is_dir():
-        raise ClosureError(f"--model {model}: neither a baseline ({', '.join(BASELINES)}) "
-                           "nor a training run directory")
+    from closure.les.baselines import BASELINES, is_baseline
     from closure.les.coupled import run_les
+
+    if not is_baseline(model) and not Path(model).is_dir():
+        raise ClosureError(f"--model {model}: neither a baseline ({', '.join(BASELINES)}, or a + sum) "
+                           "nor a training run directory")
 
     result = run_les(config, model, data, Path(args.output))
     print(result if result is not None else args.output)
@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("les", help="run the coupled LES with a closure")
     with_config(p)
     p.add_argument("--model", required=True, metavar="MODEL",
-                   help=f"training run directory or a baseline: {', '.join(BASELINES)}")
+                   help="training or calibration run directory, or a classical closure (none, smagorinsky, "
+                        "dynamic_smagorinsky, leith, dealias_residual, or a + sum; docs/baselines.md)")
     p.add_argument("--data", required=True, metavar="DATASET.nc", help="filtered DNS (initial fields)")
     p.add_argument("-o", "--output", required=True, metavar="LES.nc")
     p.set_defaults(func=cmd_les)

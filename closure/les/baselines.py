@@ -15,26 +15,30 @@ Models (``D`` is the LES grid spacing ``length / n_les``; see "Length scale"):
 
       2D:  nu_e = (Cs D)^2 |S|,  |S| = sqrt(4 psi_xy^2 + (psi_xx - psi_yy)^2),
            c(omega) = div(nu_e grad omega)
-      1D:  tau = -2 (Cs D)^2 |u_x| u_x,  c(u) = -d tau / dx = d/dx(2 (Cs D)^2 |u_x| u_x)
+      1D:  nu_e = (Cs D)^2 |u_x|,  tau = -2 nu_e u_x,
+           c(u) = -(1/2) d tau / dx = d/dx(nu_e u_x)
 
-  Both drain the resolved invariant exactly (also discretely: the spectral
-  derivative is skew-adjoint on the periodic grid), since
-  ``<omega div(nu grad omega)> = -<nu |grad omega|^2> <= 0`` and
-  ``<u d/dx(2 nu u_x)> = -<2 nu u_x^2> <= 0``.
+  The 1D form is the convention of the filtered Burgers equation,
+  ``u_t + (u^2/2)_x = nu u_xx - (1/2) tau_x`` with ``tau = bar(uu) - bar(u) bar(u)``
+  (the factor 1/2 of the advection ``(u^2/2)_x``), that pyBurgers uses with its
+  ``Cs = 0.16``: ``tau = -2 Cs^2 D^2 |u_x| u_x``. Both drain the resolved
+  invariant exactly (also discretely: the spectral derivative is skew-adjoint
+  on the periodic grid), since ``<omega div(nu grad omega)> = -<nu |grad omega|^2> <= 0``
+  and ``<u d/dx(nu u_x)> = -<nu u_x^2> <= 0``.
 
 - ``leith`` (Leith 1968/1996): ``nu_e = (C_L D)^3 |grad omega|`` and the same
   divergence form. In 1D the vorticity gradient's analogue is the strain
-  gradient: ``nu_e = (C_L D)^3 |u_xx|``, ``c(u) = d/dx(2 nu_e u_x)``.
+  gradient: ``nu_e = (C_L D)^3 |u_xx|``, ``c(u) = d/dx(nu_e u_x)``.
 
 - ``dynamic_smagorinsky`` (Germano et al. 1991, least squares of Lilly 1992):
-  with the test filter ``T`` (a Gaussian `closure.data.filters.Filter` of twice the
-  grid width, ``2 D``), the solver's dealiased nonlinear term ``N`` (2D:
-  ``-u . grad omega``; 1D: ``-(u^2/2)_x``) and the unit-coefficient model
-  ``m_D(w) = D^2 div(|S(w)| grad w)`` (1D: ``D^2 d/dx(2 |u_x| u_x)``), the
-  Germano identity for the SGS tendency reads ``L = c M`` with
+  with the test filter ``T`` (see "Filter widths of the dynamic model"), the
+  solver's dealiased nonlinear term ``N`` (2D: ``-u . grad omega``; 1D:
+  ``-(u^2/2)_x``) and the unit-coefficient model ``m_D(w) = D^2 div(|S(w)| grad w)``
+  (1D: ``D^2 d/dx(|u_x| u_x)``), the Germano identity for the SGS tendency reads
+  ``L = c M`` with
 
-      L = T N(w) - N(T w)                   (resolved part of the test-level SGS term)
-      M = m_{2D}(T w) - T m_D(w)            (the model at the two levels)
+      L = T N(w) - N(T w)                      (resolved part of the test-level SGS term)
+      M = m_{alpha D}(T w) - T m_D(w)          (the model at the two levels)
 
   and ``c = <L M>_+ / <M M>`` (``c = Cs^2``), averaged over the whole domain
   per batch member (default) or locally (``averaging="local"``: the products
@@ -42,20 +46,54 @@ Models (``D`` is the LES grid spacing ``length / n_les``; see "Length scale"):
   inside the divergence, ``div(c D^2 |S| grad w)``, which keeps the drain).
   Clipping at zero removes backscatter and keeps the model dissipative.
 
-Length scale: ``D = length / n_les``, the LES grid spacing. The LES fields are
-the spectrally truncated ``P G w``; for the spectral filter the cutoff scale is
-exactly the grid spacing, and for Gaussian/box filters any ratio to the filter
-width is absorbed in the constant (Cs = 0.17 with D = dx is the usual value;
-`run.smagorinsky_cs`, `run.leith_cl` set them). The dynamic model has no
-constant to tune: its ratio of test to grid width is 2.
+- ``dealias_residual``: ``c(w) = N(w) - N_les(w)``, the field's own advection
+  computed exactly (products on a 2n grid, modes ``|m| < n/2``) minus the LES's
+  2/3-dealiased one (`closure.nn.features.dealias_residual`): what the LES's 2/3
+  rule discards of the resolved field's advection. Not dissipative by itself; a
+  learned closure fed this feature must beat it (and ``smagorinsky+dealias_residual``)
+  to claim it learned more than the truncation.
+
+Length scale of the constant-coefficient models: ``D = length / n_les``, the
+LES grid spacing. The LES fields are the spectrally truncated ``P G w``; for
+the spectral filter the cutoff scale is exactly the grid spacing, and for
+Gaussian/box filters any ratio to the filter width is absorbed in the constant
+(Cs = 0.17 with D = dx is the usual 2D value, 0.16 in 1D after pyBurgers;
+`run.smagorinsky_cs`, `run.leith_cl` set them; `closure calibrate` fits them).
+
+Filter widths of the dynamic model. Only the ratio ``alpha`` of the test-level
+to the grid-level filter width enters ``c D^2`` (the closure's tendency), and
+it follows from the dataset's filter ``G`` (type, width ``D_f`` in LES spacings
+``dx``) and the test filter ``T`` (width ``D_t``, default 2 dx), whose
+composition ``T G`` is the filter of the test-level field ``T P G w``:
+
+- gaussian: ``D = D_f``; ``T`` Gaussian; the transfer functions multiply,
+  ``exp(-k^2 D_f^2 / 24) exp(-k^2 D_t^2 / 24) = exp(-k^2 (D_f^2 + D_t^2) / 24)``,
+  so ``T G`` is the Gaussian of width ``alpha D``, ``alpha = sqrt(1 + (D_t / D_f)^2)``
+  (exact; the dataset's Gaussian of width 2 dx with ``D_t = 2 dx``: grid 2 dx,
+  test level sqrt(8) dx, alpha = sqrt(2));
+- box: ``D = D_f``; ``T`` a box; second moments add (a box of width ``D`` has
+  variance ``D^2 / 12``, as the Gaussian above), so the same
+  ``alpha = sqrt(1 + (D_t / D_f)^2)`` holds to second order in ``k D``;
+- spectral: ``D = dx`` (the cutoff ``pi / dx`` of ``P``); ``T`` the sharp cutoff
+  at ``pi / D_t`` (modes ``|m_d| < n / (2 D_t / dx)``), and the composition of
+  two cutoffs is the narrower one: ``alpha = D_t / dx`` exactly.
+
+A fixed ratio of 2 with a Gaussian test filter, whatever the dataset's filter,
+underestimates the dissipation on Gaussian-filtered data (alpha = sqrt(2)
+there): over the quickstart dataset the enstrophy transfer ``<omega c>`` is
+-1.06 for the exact SGS, -0.33 with a ratio of 2, -0.82 with alpha = sqrt(2)
+(docs/baselines.md).
 
 Factory: ``make_closure(name, les_equation, config, model_dir=None)`` with
 ``name`` one of ``none``, ``smagorinsky``, ``dynamic_smagorinsky``, ``leith``,
-``learned`` (or a training run directory), or a ``+``-separated sum of them.
+``dealias_residual``, ``learned`` (or a training run directory), a calibration
+run directory (``calibration.json``: the classical closure with its fitted
+constant), or a ``+``-separated sum of them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -65,13 +103,17 @@ from torch import nn
 
 from closure.errors import ClosureError
 from closure.data.filters import Filter
+from closure.nn.features import dealias_residual
+from solvers.spectral import SpectralGrid
 
 __all__ = [
-    "Closure", "NoClosure", "Smagorinsky", "Leith", "DynamicSmagorinsky", "Sum",
-    "BASELINES", "make_closure", "is_baseline",
+    "Closure", "NoClosure", "Smagorinsky", "Leith", "DynamicSmagorinsky", "DealiasResidual", "Sum",
+    "BASELINES", "CALIBRATION_FILE", "CALIBRATED_CONSTANTS", "make_closure", "classical_closure", "is_baseline",
+    "is_calibrated_run", "dynamic_widths",
 ]
 
-BASELINES = ("none", "smagorinsky", "dynamic_smagorinsky", "leith")
+BASELINES = ("none", "smagorinsky", "dynamic_smagorinsky", "leith", "dealias_residual")
+CALIBRATION_FILE = "calibration.json"  # a calibrated classical closure's run directory (closure calibrate)
 
 
 class _Ops:
@@ -183,9 +225,8 @@ class _GridClosure(Closure):
         return torch.sqrt(4 * pxy ** 2 + diff ** 2), grads
 
     def _eddy_flux_divergence(self, o: _Ops, nu: torch.Tensor, grads: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``div(nu grad w)`` (2D) or ``d/dx(2 nu u_x)`` (1D)."""
-        factor = 2.0 if self.ndim == 1 else 1.0
-        return self._divergence(o, [factor * nu * g for g in grads])
+        """``div(nu grad w)``: 2D ``div(nu grad omega)``, 1D ``d/dx(nu u_x) = -(1/2) d/dx(-2 nu u_x)``."""
+        return self._divergence(o, [nu * g for g in grads])
 
     def extra_repr(self) -> str:
         return f"n={self.n}, length={self.length:g}, ndim={self.ndim}"
@@ -243,31 +284,60 @@ class Leith(_GridClosure):
         return super().extra_repr() + f", cl={self.cl:g}"
 
 
-class DynamicSmagorinsky(_GridClosure):
-    """Germano-Lilly dynamic Smagorinsky with a Gaussian test filter of width ``2 D``.
+def dynamic_widths(filter_type: str, filter_width: float, test_width: float) -> tuple[float, float]:
+    """``(D, alpha D)`` in LES grid spacings: the grid-level and test-level filter widths of the
+    dynamic model for a dataset filter ``filter_type`` of ``filter_width`` spacings and a test
+    filter of ``test_width`` spacings (module docstring, "Filter widths of the dynamic model")."""
+    if filter_type not in ("spectral", "gaussian", "box"):
+        raise ValueError(f"unknown filter type {filter_type!r}")
+    if filter_width <= 0 or test_width <= 0:
+        raise ValueError(f"filter widths must be positive, got {filter_width}, {test_width}")
+    if filter_type == "spectral":
+        if test_width <= 1:
+            raise ValueError(f"the spectral test filter must be wider than the grid (test_width > 1), got {test_width}")
+        return 1.0, float(test_width)
+    return float(filter_width), math.sqrt(filter_width ** 2 + test_width ** 2)
 
-    ``averaging``: ``"domain"`` (one coefficient per batch member) or ``"local"``
-    (products smoothed by the test filter, a coefficient per point).
-    ``coefficient(state)`` returns ``c = Cs^2`` (``(batch,)`` or ``(batch, *grid)``).
+
+class DynamicSmagorinsky(_GridClosure):
+    """Germano-Lilly dynamic Smagorinsky with filter widths derived from the dataset's filter.
+
+    ``filter_type``/``filter_width`` describe the dataset's filter ``G`` (width in LES
+    grid spacings); the test filter ``T`` has the same type (a sharp cutoff for
+    ``spectral``) and ``test_width`` spacings. `dynamic_widths` gives the grid width
+    ``D`` and the ratio ``alpha`` (module docstring). ``averaging``: ``"domain"`` (one
+    coefficient per batch member) or ``"local"`` (products smoothed by the test filter,
+    a coefficient per point). ``coefficient(state)`` returns ``c = Cs^2`` relative to
+    ``D`` (``(batch,)`` or ``(batch, *grid)``).
     """
 
     def __init__(self, n: int, length: float = 2 * math.pi, ndim: int = 2, averaging: str = "domain",
-                 test_width: float = 2.0):
+                 test_width: float = 2.0, filter_type: str = "spectral", filter_width: float = 1.0,
+                 scale: float = 1.0):
         super().__init__(n, length, ndim)
+        self.scale = float(scale)  # multiplies the dynamic coefficient (closure calibrate); 1 = Germano-Lilly
         if averaging not in ("domain", "local"):
             raise ValueError(f"averaging must be 'domain' or 'local', got {averaging!r}")
         self.averaging = averaging
-        # test filter: Gaussian, `test_width` LES grid spacings wide; the ratio to D = dx is test_width
-        self.test_filter = Filter("gaussian", self.n, self.length, test_width)
-        self.ratio = float(test_width)
+        self.filter_type, self.filter_width, self.test_width = filter_type, float(filter_width), float(test_width)
+        grid, test = dynamic_widths(filter_type, filter_width, test_width)
+        self.grid_width = grid * self.spacing      # D, physical units
+        self.ratio = test / grid                   # alpha
         self._transfer: dict = {}
+
+    @classmethod
+    def for_filter(cls, equation, filter_config, **kwargs):
+        """For an LES equation and the dataset's filter section (``type``, ``width``)."""
+        return cls.for_equation(equation, filter_type=filter_config.type, filter_width=filter_config.width, **kwargs)
 
     def _test_transfer(self, state: torch.Tensor) -> torch.Tensor:
         key = (state.device, state.dtype)
         if key not in self._transfer:
-            o = self.ops(state)
-            d = self.test_filter.filter_width
-            self._transfer[key] = torch.exp(-o.k2 * d ** 2 / 24)  # Filter.transfer's Gaussian, on our grid
+            grid = SpectralGrid(self.n, self.length, self.ndim, state.dtype, state.device)
+            if self.filter_type == "spectral":  # sharp cutoff at pi / D_t: modes |m_d| < n / (2 test_width)
+                self._transfer[key] = grid.truncation_mask(self.n / (2 * self.test_width), strict=True).to(state.dtype)
+            else:
+                self._transfer[key] = Filter(self.filter_type, self.n, self.length, self.test_width).transfer(grid)
         return self._transfer[key]
 
     def nonlinear_hat(self, o: _Ops, w_hat: torch.Tensor) -> torch.Tensor:
@@ -291,7 +361,7 @@ class DynamicSmagorinsky(_GridClosure):
         """``(L, M, nu1, grads)``: the Germano identity's terms and the unit-coefficient viscosity."""
         o = self.ops(state)
         T = self._test_transfer(state)
-        D = self.spacing
+        D = self.grid_width
         w_hat = o.fft(state)
         tw_hat = T * w_hat
         L = o.ifft(T * self.nonlinear_hat(o, w_hat) - self.nonlinear_hat(o, tw_hat))
@@ -329,10 +399,29 @@ class DynamicSmagorinsky(_GridClosure):
         c, nu1, grads = self._coefficient(state)
         if self.averaging == "domain":
             c = c.reshape(c.shape + (1,) * self.ndim)
-        return self._eddy_flux_divergence(o, c * nu1, grads)
+        return self._eddy_flux_divergence(o, self.scale * c * nu1, grads)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", averaging={self.averaging}, test_width={self.ratio:g}"
+        return super().extra_repr() + (f", averaging={self.averaging}, filter={self.filter_type} "
+                                       f"{self.filter_width:g}, test_width={self.test_width:g}, alpha={self.ratio:.4g}")
+
+
+class DealiasResidual(Closure):
+    """``c(w) = N(w) - N_les(w)``: the resolved advection that the LES's 2/3 rule discards."""
+
+    def __init__(self, n: int, length: float = 2 * math.pi, ndim: int = 2):
+        super().__init__()
+        self.n, self.length, self.ndim = int(n), float(length), int(ndim)
+
+    @classmethod
+    def for_equation(cls, equation):
+        return cls(equation.grid.n, equation.grid.length, equation.grid.ndim)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return dealias_residual(state, self.ndim, self.length)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, length={self.length:g}, ndim={self.ndim}"
 
 
 class Sum(Closure):
@@ -361,6 +450,11 @@ def is_baseline(name: str) -> bool:
     return all(part.strip() in BASELINES for part in str(name).split("+"))
 
 
+def is_calibrated_run(path) -> bool:
+    """Whether ``path`` is a calibrated classical closure's run directory (`closure calibrate`)."""
+    return Path(str(path)).is_dir() and (Path(str(path)) / CALIBRATION_FILE).is_file()
+
+
 def _load_learned(model_dir, equation) -> nn.Module:
     from closure.nn import load_model
 
@@ -375,35 +469,73 @@ def _load_learned(model_dir, equation) -> nn.Module:
     return model
 
 
-def make_closure(name: str, les_equation, config=None, model_dir: Optional[str | Path] = None) -> nn.Module:
-    """The closure called ``name`` for an LES equation (its grid, device and dtype).
+def _load_calibrated(run_dir, equation, config) -> nn.Module:
+    """The classical closure of a calibration run with its fitted constants (``calibration.json``)."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    try:
+        record = json.loads(path.read_text())
+        name, constants = record["model"], {k: float(v) for k, v in record["constants"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ClosureError(f"{path}: malformed (expected a JSON object with 'model' and 'constants')") from None
+    if name not in CALIBRATED_CONSTANTS or set(constants) != {CALIBRATED_CONSTANTS[name]}:
+        raise ClosureError(f"{path}: model {name!r} with constants {sorted(constants)} is not a calibrated "
+                           f"closure ({', '.join(f'{k}: {v}' for k, v in CALIBRATED_CONSTANTS.items())})")
+    return classical_closure(name, equation, config, **constants)
 
-    ``name``: ``none``, ``smagorinsky``, ``dynamic_smagorinsky``, ``leith``,
-    ``learned`` (loads ``model_dir/model.pt``), a path to a training run
-    directory, or a ``+``-separated sum such as ``learned+smagorinsky``.
-    Constants come from ``config.run`` (``smagorinsky_cs``, ``leith_cl``).
+
+# the calibrated constant of each classical closure (closure.training.calibrate)
+CALIBRATED_CONSTANTS = {"smagorinsky": "smagorinsky_cs", "leith": "leith_cl", "dynamic_smagorinsky": "dynamic_scale"}
+
+
+def classical_closure(name: str, les_equation, config=None, smagorinsky_cs: Optional[float] = None,
+                      leith_cl: Optional[float] = None, dynamic_scale: float = 1.0) -> nn.Module:
+    """The classical closure ``name`` for an LES equation; constants default to ``config.run``'s.
+
+    ``dynamic_scale`` multiplies the dynamic coefficient (1: the Germano-Lilly model).
     """
-    parts = [p.strip() for p in str(name).split("+")] if "+" in str(name) else [str(name)]
-    if len(parts) > 1:
-        return Sum(*[make_closure(p, les_equation, config, model_dir) for p in parts])
-    name = parts[0]
     run = getattr(config, "run", None)
-    cs = run.smagorinsky_cs if run is not None else 0.17
-    cl = run.leith_cl if run is not None else 0.2
+    les = getattr(config, "les", None)
+    cs = smagorinsky_cs if smagorinsky_cs is not None else (run.smagorinsky_cs if run is not None else 0.17)
+    cl = leith_cl if leith_cl is not None else (run.leith_cl if run is not None else 0.2)
     if name == "none":
         return NoClosure()
     if name == "smagorinsky":
         return Smagorinsky.for_equation(les_equation, cs=cs)
     if name == "leith":
         return Leith.for_equation(les_equation, cl=cl)
-    if name in ("dynamic_smagorinsky", "dynamic"):
-        return DynamicSmagorinsky.for_equation(les_equation)
-    if name == "dynamic_smagorinsky_local":
-        return DynamicSmagorinsky.for_equation(les_equation, averaging="local")
+    if name == "dealias_residual":
+        return DealiasResidual.for_equation(les_equation)
+    if name in ("dynamic_smagorinsky", "dynamic", "dynamic_smagorinsky_local"):
+        averaging = "local" if name.endswith("_local") else "domain"
+        if les is not None:
+            return DynamicSmagorinsky.for_filter(les_equation, les.filter, averaging=averaging, scale=dynamic_scale)
+        return DynamicSmagorinsky.for_equation(les_equation, averaging=averaging, scale=dynamic_scale)
+    raise ClosureError(f"model {name!r} is not one of {', '.join(BASELINES)}")
+
+
+def make_closure(name: str, les_equation, config=None, model_dir: Optional[str | Path] = None) -> nn.Module:
+    """The closure called ``name`` for an LES equation (its grid, device and dtype).
+
+    ``name``: ``none``, ``smagorinsky``, ``dynamic_smagorinsky``, ``leith``,
+    ``dealias_residual``, ``learned`` (loads ``model_dir/model.pt``), a path to a
+    training run directory or to a calibration run directory (`closure calibrate`:
+    the classical closure with its fitted constant), or a ``+``-separated sum such
+    as ``smagorinsky+dealias_residual``. Constants come from ``config.run``
+    (``smagorinsky_cs``, ``leith_cl``); the dynamic model's filter widths from
+    ``config.les.filter`` (the dataset's filter).
+    """
+    parts = [p.strip() for p in str(name).split("+")] if "+" in str(name) else [str(name)]
+    if len(parts) > 1:
+        return Sum(*[make_closure(p, les_equation, config, model_dir) for p in parts])
+    name = parts[0]
+    if name in BASELINES or name in ("dynamic", "dynamic_smagorinsky_local"):
+        return classical_closure(name, les_equation, config)
     if name == "learned":
         if model_dir is None:
             raise ClosureError("model 'learned' needs a training run directory (model_dir)")
         return _load_learned(model_dir, les_equation)
+    if is_calibrated_run(name):
+        return _load_calibrated(name, les_equation, config)
     if Path(name).exists():
         return _load_learned(name, les_equation)
     raise ClosureError(f"model {name!r} is neither a training run directory nor one of {', '.join(BASELINES)}")
