@@ -10,17 +10,22 @@ any device, float32 or float64, differentiable end to end. No I/O, no ML.
 
 from solvers.burgers import Burgers1D
 from solvers.equation import ImplicitExplicitEquation, SpectralEquation
-from solvers.forcing import Forcing, Guan, Kolmogorov, StochasticBurgers
-from solvers.initial import random_velocity, random_vorticity
+from solvers.forcing import (BandForcing, Forcing, Guan, Kolmogorov, LinearForcing, StochasticBurgers,
+                             solenoidal_projection)
+from solvers.initial import (abc_flow, random_solenoidal_velocity, random_velocity, random_vorticity,
+                             taylor_green_vortex)
 from solvers.integrators import (STEPPERS, BlowUpError, CrankNicolsonRK4, ETDRK4, make_stepper, simulate,
                                  simulate_checkpointed)
 from solvers.navier_stokes import NavierStokes2D
+from solvers.navier_stokes_3d import NavierStokes3D
 from solvers.spectral import SpectralGrid
 
 __all__ = [
-    "Burgers1D", "NavierStokes2D", "SpectralEquation", "ImplicitExplicitEquation", "SpectralGrid",
-    "Forcing", "Kolmogorov", "Guan", "StochasticBurgers",
-    "random_vorticity", "random_velocity",
+    "Burgers1D", "NavierStokes2D", "NavierStokes3D", "SpectralEquation", "ImplicitExplicitEquation",
+    "SpectralGrid",
+    "Forcing", "Kolmogorov", "Guan", "StochasticBurgers", "LinearForcing", "BandForcing",
+    "solenoidal_projection",
+    "random_vorticity", "random_velocity", "random_solenoidal_velocity", "taylor_green_vortex", "abc_flow",
     "ETDRK4", "CrankNicolsonRK4", "STEPPERS", "make_stepper", "BlowUpError", "simulate",
     "simulate_checkpointed",
 ]

@@ -79,9 +79,15 @@ class SpectralEquation:
         if forcing is not None and hasattr(forcing, "check_grid"):
             forcing.check_grid(self.grid)
         self.linear = -self.viscosity * self.grid.k2 - self.drag
+        if forcing is not None and getattr(forcing, "linear_coefficient", None) is not None:
+            # a forcing linear in the state (e.g. `LinearForcing`): part of the diagonal L
+            coefficient = forcing.linear_coefficient(self.grid)
+            if coefficient is not None:
+                self.linear = self.linear + coefficient
         self._steady_forcing_hat = None
         if forcing is not None and getattr(forcing, "steady", True):
-            self._steady_forcing_hat = forcing.spectral(self.grid, 0.0).to(self.grid.complex_dtype)
+            steady = forcing.spectral(self.grid, 0.0)
+            self._steady_forcing_hat = None if steady is None else steady.to(self.grid.complex_dtype)
         self._steppers: dict = {}
 
     # ------------------------------------------------------------------ properties
@@ -110,7 +116,7 @@ class SpectralEquation:
         """``f(t)`` in spectral space, or None without forcing."""
         if self.forcing is None:
             return None
-        if self._steady_forcing_hat is not None:
+        if self._steady_forcing_hat is not None or getattr(self.forcing, "steady", True):
             return self._steady_forcing_hat
         return self.forcing.spectral(self.grid, t)
 

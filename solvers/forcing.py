@@ -21,6 +21,20 @@ whereas a smooth time-dependent forcing is evaluated at the exact stage times.
   forcing of a trajectory does not depend on the batch it runs in, nor on the
   order in which times are queried (gradient checkpointing may re-query).
 
+- `LinearForcing` (3D turbulence; any dimension): ``f = A u`` on the modes
+  ``0 < |m| <= m_f`` (all non-mean modes without ``m_f``): the linear forcing of
+  Lundgren (2003, CTR Annual Research Briefs) as studied by Rosales & Meneveau
+  (2005, Phys. Fluids 17, 095106), optionally band-limited to low wavenumbers as
+  in spectral codes. Linear in the state, it is part of the diagonal ``L``
+  (``linear_coefficient``), treated exactly by ETDRK4. Its power is
+  ``2 A E_f`` (``E_f`` the energy of the forced modes): a statistically steady
+  state has ``epsilon = 2 A E_f``.
+- `BandForcing` (3D): a steady solenoidal velocity forcing whose Fourier modes
+  fill the shell ``m_low <= |m| <= m_high`` with seeded random phases and a
+  flat shell spectrum, rms magnitude ``<|f|^2>^(1/2) = A``. Its coefficients are
+  drawn once per mode (independently of the grid), so every grid that resolves
+  the shell sees the same forcing.
+
 Wavenumbers are integer mode numbers; the physical wavenumber is ``2 pi m / L``.
 """
 
@@ -34,7 +48,7 @@ import torch
 
 from solvers.spectral import SpectralGrid
 
-__all__ = ["Forcing", "Kolmogorov", "Guan", "StochasticBurgers", "seed_for"]
+__all__ = ["Forcing", "Kolmogorov", "Guan", "StochasticBurgers", "LinearForcing", "BandForcing", "seed_for"]
 
 
 class Forcing:
@@ -49,6 +63,10 @@ class Forcing:
 
     def physical(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
         raise NotImplementedError
+
+    def linear_coefficient(self, grid: SpectralGrid):
+        """A real tensor added to the equation's diagonal ``L`` (forcings linear in the state), or None."""
+        return None
 
     def check_grid(self, grid: SpectralGrid):
         if self.ndim is not None and grid.ndim != self.ndim:
@@ -160,3 +178,93 @@ class StochasticBurgers(Forcing):
     def __repr__(self):
         return (f"StochasticBurgers(seeds=[{len(self.seeds)} seeds], amplitude={self.amplitude:g}, "
                 f"interval={self.interval:g}, modes={self.modes})")
+
+
+class LinearForcing(Forcing):
+    """``f = A w`` on the modes ``0 < |m| <= max_wavenumber`` (all non-mean modes when None).
+
+    Lundgren's linear forcing (Rosales & Meneveau 2005); ``A`` in 1/time units.
+    The band is set by the integer shell radius ``|m|`` (mode numbers), so the
+    same forcing on a coarser grid that resolves the band commutes with the LES
+    filter and restriction.
+    """
+
+    def __init__(self, coefficient: float, max_wavenumber: float | None = None):
+        if coefficient < 0:
+            raise ValueError(f"the linear forcing coefficient must be >= 0, got {coefficient}")
+        self.coefficient = float(coefficient)
+        self.max_wavenumber = None if max_wavenumber is None else float(max_wavenumber)
+
+    def band(self, grid: SpectralGrid) -> torch.Tensor:
+        """1 on the forced modes, else 0 (real, spectral shape)."""
+        m2 = sum(m ** 2 for m in grid.modes)
+        keep = m2 > 0
+        if self.max_wavenumber is not None:
+            keep = keep & (m2 <= self.max_wavenumber ** 2 + 1e-9)
+        return keep.to(grid.dtype)
+
+    def linear_coefficient(self, grid: SpectralGrid) -> torch.Tensor:
+        return self.coefficient * self.band(grid)
+
+    def spectral(self, grid: SpectralGrid, t: float = 0.0):
+        return None  # no state-independent part
+
+    def physical(self, grid: SpectralGrid, t: float = 0.0):
+        return None
+
+    def __repr__(self):
+        return f"LinearForcing(coefficient={self.coefficient:g}, max_wavenumber={self.max_wavenumber})"
+
+
+class BandForcing(Forcing):
+    """A steady solenoidal 3D velocity forcing on the shell ``low <= |m| <= high``, rms magnitude ``amplitude``."""
+
+    ndim = 3
+
+    def __init__(self, low: float = 1.0, high: float = 2.0, amplitude: float = 1.0, seed: int = 0):
+        if not 0 < low <= high:
+            raise ValueError(f"the forcing band needs 0 < low <= high, got [{low}, {high}]")
+        self.low, self.high, self.amplitude, self.seed = float(low), float(high), float(amplitude), int(seed)
+
+    def _reference(self) -> tuple[int, torch.Tensor]:
+        """The forcing on the smallest grid that holds the band: ``(n0, spectral coefficients)``, float64."""
+        n0 = 2 * (int(math.floor(self.high)) + 1)
+        grid = SpectralGrid(n0, 2 * math.pi, 3, torch.float64, "cpu")
+        gen = torch.Generator().manual_seed(seed_for(self.seed, 0xF0))
+        noise = grid.to_spectral(torch.randn((3,) + grid.shape, generator=gen, dtype=torch.float64))
+        m = torch.sqrt(sum(mm ** 2 for mm in grid.modes))
+        shell = ((m >= self.low - 1e-9) & (m <= self.high + 1e-9)).to(torch.float64)
+        # flat shell spectrum: each mode's variance ~ 1 / (number of modes in its shell) ~ 1 / m^2
+        f_hat = solenoidal_projection(noise * shell / torch.where(m > 0, m, torch.ones_like(m)), grid)
+        f = grid.to_physical(f_hat)
+        rms = torch.sqrt((f ** 2).sum(dim=0).mean())
+        return n0, f_hat * (self.amplitude / rms)
+
+    def spectral(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
+        self.check_grid(grid)
+        if self.high >= grid.n // 3:
+            raise ValueError(f"the forcing band |m| <= {self.high:g} does not fit the 2/3-dealiased grid of {grid.n} points")
+        n0, small = self._reference()
+        half = n0 // 2
+        rows = torch.cat([torch.arange(0, half), torch.arange(-half + 1, 0)])  # |m| < n0 / 2
+        out = torch.zeros((3,) + grid.spectral_shape, dtype=torch.complex128)
+        rz, ry = rows.reshape(-1, 1), rows.reshape(1, -1)
+        out[:, rz % grid.n, ry % grid.n, :half] = small[:, rz % n0, ry % n0, :half] * (grid.n / n0) ** 3
+        return out.to(device=grid.device, dtype=grid.complex_dtype)
+
+    def physical(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
+        return grid.to_physical(self.spectral(grid, t))
+
+    def __repr__(self):
+        return f"BandForcing(low={self.low:g}, high={self.high:g}, amplitude={self.amplitude:g}, seed={self.seed})"
+
+
+def solenoidal_projection(velocity_hat: torch.Tensor, grid: SpectralGrid) -> torch.Tensor:
+    """Leray projection ``u_hat - k (k . u_hat) / |k|^2`` of a spectral vector field ``(..., ndim, *spectral_shape)``.
+
+    The mean mode is kept; the components are ordered as the grid's directions (x first).
+    """
+    ks = grid.wavenumbers
+    axis = -grid.ndim - 1
+    k_dot_u = sum(k * velocity_hat.select(axis, i) for i, k in enumerate(ks)) * grid.inverse_k2
+    return velocity_hat - torch.stack([k * k_dot_u for k in ks], dim=axis)

@@ -10,19 +10,29 @@ whatever device or dtype the run uses.
 - 1D velocity: random amplitudes and phases on modes ``1..k_p`` with a flat band
   spectrum, mean energy ``E = <u^2> / 2``.
 
-Wavenumbers are mode numbers. The fields are truncated by the 2/3 rule.
+- 3D velocity (`random_solenoidal_velocity`): a divergence-free field with the
+  shell spectrum ``E(k) ~ k^4 exp(-2 (k / k_p)^2)`` by default (any callable
+  ``spectrum(k)`` may be given), random phases, mean energy ``E = <|u|^2> / 2``.
+- 3D deterministic fields: the Taylor-Green vortex (`taylor_green_vortex`,
+  Brachet et al. 1983, the initial field of the high-order CFD workshop case)
+  and the Arnold-Beltrami-Childress flow (`abc_flow`, an eigenfunction of the
+  curl: ``omega = k u``, so its nonlinear term is a pure gradient).
+
+Wavenumbers are mode numbers. The random fields are truncated by the 2/3 rule.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from solvers.forcing import seed_for
+from solvers.forcing import seed_for, solenoidal_projection
 from solvers.spectral import SpectralGrid
 
-__all__ = ["white_noise", "random_vorticity", "random_velocity", "vortex_spectrum"]
+__all__ = ["white_noise", "random_vorticity", "random_velocity", "vortex_spectrum",
+           "random_solenoidal_velocity", "turbulence_spectrum", "taylor_green_vortex", "abc_flow"]
 
 
 def white_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -71,3 +81,53 @@ def random_velocity(grid: SpectralGrid, seeds: Sequence[int], peak_wavenumber: f
     mean_energy = 0.5 * (u ** 2).mean(dim=-1, keepdim=True)
     u = u * torch.sqrt(energy / mean_energy)
     return u.to(device=grid.device, dtype=grid.dtype)
+
+
+def turbulence_spectrum(k: torch.Tensor, peak_wavenumber: float) -> torch.Tensor:
+    """``E(k) = k^4 exp(-2 (k / k_p)^2)`` (unnormalised; peak at ``k_p``)."""
+    return k ** 4 * torch.exp(-2 * (k / peak_wavenumber) ** 2)
+
+
+def random_solenoidal_velocity(grid: SpectralGrid, seeds: Sequence[int], peak_wavenumber: float = 4.0,
+                               energy: float = 0.5,
+                               spectrum: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """A random divergence-free 3D velocity ``(batch, 3, n, n, n)`` with shell spectrum ``E(k)``.
+
+    The shell spectrum of a field whose Fourier amplitudes have variance ``S(k)``
+    is ``~ 4 pi k^2 S(k)`` in 3D, and the projection keeps two of the three
+    components' variance, so the noise is scaled by ``sqrt(E(k)) / k``
+    (mode-number units), projected, truncated by the 2/3 rule and normalised to
+    the mean energy ``energy``. ``spectrum`` defaults to `turbulence_spectrum`.
+    """
+    g = SpectralGrid(grid.n, grid.length, 3, torch.float64, "cpu")
+    k = torch.sqrt(sum(m ** 2 for m in g.modes))
+    e = spectrum(k) if spectrum is not None else turbulence_spectrum(k, peak_wavenumber)
+    amplitude = torch.where(k > 0, torch.sqrt(e) / torch.where(k > 0, k, torch.ones_like(k)), torch.zeros_like(k))
+    noise_hat = g.to_spectral(white_noise(seeds, (3,) + g.shape))
+    u = g.to_physical(solenoidal_projection(noise_hat * amplitude * g.dealias, g))
+    mean_energy = 0.5 * (u ** 2).sum(dim=1, keepdim=True).mean(dim=(-3, -2, -1), keepdim=True)
+    u = u * torch.sqrt(energy / mean_energy)
+    return u.to(device=grid.device, dtype=grid.dtype)
+
+
+def taylor_green_vortex(grid: SpectralGrid, amplitude: float = 1.0, batch: int = 1) -> torch.Tensor:
+    """``u = V (sin x cos y cos z, -cos x sin y cos z, 0)`` (``x`` scaled by ``2 pi / L``), ``(batch, 3, n, n, n)``."""
+    x, y, z = (c * (2 * math.pi / grid.length) for c in grid.mesh())
+    u = amplitude * torch.sin(x) * torch.cos(y) * torch.cos(z)
+    v = -amplitude * torch.cos(x) * torch.sin(y) * torch.cos(z)
+    return torch.stack([u, v, torch.zeros_like(u)]).expand(batch, 3, *grid.shape).clone()
+
+
+def abc_flow(grid: SpectralGrid, a: float = 1.0, b: float = 1.0, c: float = 1.0, wavenumber: int = 1,
+             batch: int = 1) -> torch.Tensor:
+    """The ABC flow ``(A sin kz + C cos ky, B sin kx + A cos kz, C sin ky + B cos kx)``, ``(batch, 3, n, n, n)``.
+
+    ``curl u = k u`` (physical ``k = 2 pi m / L``): a Beltrami field, steady under
+    the Euler equations and decaying as ``exp(-nu k^2 t)`` under Navier-Stokes.
+    """
+    k = 2 * math.pi * wavenumber / grid.length
+    x, y, z = (k * c_ for c_ in grid.mesh())
+    u = a * torch.sin(z) + c * torch.cos(y)
+    v = b * torch.sin(x) + a * torch.cos(z)
+    w = c * torch.sin(y) + b * torch.cos(x)
+    return torch.stack([u, v, w]).expand(batch, 3, *grid.shape).clone()

@@ -354,7 +354,7 @@ def _cuda_graph_runner(equation, stepper, w_hat: torch.Tensor, closure, steps: i
             or w_hat.numel() > _GRAPH_MAX_NUMEL or os.environ.get("SOLVERS_CUDA_GRAPHS", "1") == "0"
             or (torch.is_grad_enabled() and w_hat.requires_grad)
             or not getattr(equation, "_owns_nonlinear", False)
-            or (equation.forcing is not None and getattr(equation, "_steady_forcing_hat", None) is None)):
+            or (equation.forcing is not None and not getattr(equation.forcing, "steady", True))):
         return None
     cache = stepper.__dict__.setdefault("_cuda_graphs", {})
     key = (tuple(w_hat.shape), w_hat.dtype, w_hat.device)

@@ -3,9 +3,11 @@
 Conventions (CONTRACT.md):
 
 - A periodic box [0, L)^d sampled at x_j = j L / n; fields are real, stored with a
-  leading batch dimension, 2D fields indexed ``[y, x]`` (x the last axis).
+  leading batch dimension, 2D fields indexed ``[y, x]`` and 3D fields ``[z, y, x]``
+  (x the last axis).
 - Spectral fields are ``torch.fft.rfftn`` over the trailing ``d`` axes (the half
-  spectrum in x): shape ``(..., n // 2 + 1)`` in 1D and ``(..., n, n // 2 + 1)`` in 2D.
+  spectrum in x): shape ``(..., n // 2 + 1)`` in 1D, ``(..., n, n // 2 + 1)`` in 2D
+  and ``(..., n, n, n // 2 + 1)`` in 3D.
 - Integer mode numbers ``m`` (``fftfreq(n) * n``); physical wavenumbers
   ``k = 2 pi m / L``.
 - Derivatives: ``d/dx -> i k_x``. Odd derivatives zero the Nyquist mode (its
@@ -57,7 +59,8 @@ class SpectralGrid:
     ``(batch, *spectral_shape)``:
 
     - 1D: ``kx`` has shape ``(n//2+1,)``;
-    - 2D: ``kx`` has shape ``(1, n//2+1)`` and ``ky`` shape ``(n, 1)``.
+    - 2D: ``kx`` has shape ``(1, n//2+1)`` and ``ky`` shape ``(n, 1)``;
+    - 3D: ``kx`` ``(1, 1, n//2+1)``, ``ky`` ``(1, n, 1)`` and ``kz`` ``(n, 1, 1)``.
     """
 
     n: int
@@ -67,8 +70,8 @@ class SpectralGrid:
     device: torch.device | str | None = None
 
     def __post_init__(self):
-        if self.ndim not in (1, 2):
-            raise ValueError(f"ndim must be 1 or 2, got {self.ndim}")
+        if self.ndim not in (1, 2, 3):
+            raise ValueError(f"ndim must be 1, 2 or 3, got {self.ndim}")
         if self.n < 4 or self.n % 2:
             raise ValueError(f"n must be even and >= 4, got {self.n}")
 
@@ -100,12 +103,15 @@ class SpectralGrid:
         return torch.arange(self.n, device=self.device, dtype=self.dtype) * self.spacing
 
     def mesh(self) -> tuple[torch.Tensor, ...]:
-        """Coordinate arrays of shape ``self.shape``: ``(x,)`` in 1D, ``(x, y)`` in 2D."""
+        """Coordinate arrays of shape ``self.shape``: ``(x,)`` in 1D, ``(x, y)`` in 2D, ``(x, y, z)`` in 3D."""
         x = self.coordinates()
         if self.ndim == 1:
             return (x,)
-        y, xx = torch.meshgrid(x, x, indexing="ij")
-        return xx, y
+        if self.ndim == 2:
+            y, xx = torch.meshgrid(x, x, indexing="ij")
+            return xx, y
+        z, y, xx = torch.meshgrid(x, x, x, indexing="ij")
+        return xx, y, z
 
     # ------------------------------------------------------------------ wavenumbers
     @cached_property
@@ -115,14 +121,41 @@ class SpectralGrid:
     @cached_property
     def mx(self) -> torch.Tensor:
         """x mode numbers on the half axis (broadcast shape)."""
-        m = rfft_mode_numbers(self.n, self.device, self.dtype)
-        return m if self.ndim == 1 else m.reshape(1, -1)
+        return self._axis_shape(rfft_mode_numbers(self.n, self.device, self.dtype), -1)
 
     @cached_property
     def my(self) -> torch.Tensor:
-        """y mode numbers on the full axis, shape (n, 1) (2D only)."""
-        self._require_2d("my")
-        return mode_numbers(self.n, self.device, self.dtype).reshape(-1, 1)
+        """y mode numbers on the full axis, shape (n, 1) in 2D, (1, n, 1) in 3D."""
+        if self.ndim < 2:
+            raise ValueError("my needs a 2D or 3D grid")
+        return self._axis_shape(mode_numbers(self.n, self.device, self.dtype), -2)
+
+    @cached_property
+    def mz(self) -> torch.Tensor:
+        """z mode numbers on the full axis, shape (n, 1, 1) (3D only)."""
+        if self.ndim < 3:
+            raise ValueError("mz needs a 3D grid")
+        return self._axis_shape(mode_numbers(self.n, self.device, self.dtype), -3)
+
+    def _axis_shape(self, m: torch.Tensor, axis: int) -> torch.Tensor:
+        """``m`` reshaped to broadcast along spectral axis ``axis`` (negative) of this grid."""
+        shape = [1] * self.ndim
+        shape[axis] = -1
+        return m.reshape(shape)
+
+    @cached_property
+    def modes(self) -> tuple[torch.Tensor, ...]:
+        """The mode-number tensors ``(mx, my, mz)`` of the grid's directions (x first)."""
+        return tuple(getattr(self, name) for name in ("mx", "my", "mz")[:self.ndim])
+
+    @cached_property
+    def kz(self) -> torch.Tensor:
+        return self.mz * self._scale
+
+    @cached_property
+    def wavenumbers(self) -> tuple[torch.Tensor, ...]:
+        """The physical wavenumber tensors ``(kx, ky, kz)`` of the grid's directions (x first)."""
+        return tuple(m * self._scale for m in self.modes)
 
     @cached_property
     def kx(self) -> torch.Tensor:
@@ -135,9 +168,7 @@ class SpectralGrid:
     @cached_property
     def k2(self) -> torch.Tensor:
         """|k|^2 on the spectral grid (full spectral shape)."""
-        if self.ndim == 1:
-            return self.kx ** 2
-        return self.kx ** 2 + self.ky ** 2
+        return sum(k ** 2 for k in self.wavenumbers)
 
     @cached_property
     def k_magnitude(self) -> torch.Tensor:
@@ -163,13 +194,24 @@ class SpectralGrid:
     def iky(self) -> torch.Tensor:
         return 1j * self._odd(self.ky, self.my).to(self.complex_dtype)
 
+    @cached_property
+    def ikz(self) -> torch.Tensor:
+        return 1j * self._odd(self.kz, self.mz).to(self.complex_dtype)
+
+    @cached_property
+    def gradient_operators(self) -> tuple[torch.Tensor, ...]:
+        """``(i k_x, i k_y, i k_z)`` of the grid's directions (Nyquist zeroed), complex."""
+        return tuple(getattr(self, name) for name in ("ikx", "iky", "ikz")[:self.ndim])
+
     # ------------------------------------------------------------------ masks
     def truncation_mask(self, cutoff: int, strict: bool = False) -> torch.Tensor:
         """1 where ``|m_d| <= cutoff`` (``< cutoff`` if strict) in every direction, else 0."""
         def keep(m):
             return (m.abs() < cutoff) if strict else (m.abs() <= cutoff)
 
-        mask = keep(self.mx) if self.ndim == 1 else keep(self.mx) & keep(self.my)
+        mask = keep(self.mx)
+        for m in self.modes[1:]:
+            mask = mask & keep(m)
         return mask.to(self.dtype)
 
     @cached_property
@@ -189,9 +231,10 @@ class SpectralGrid:
     # ------------------------------------------------------------------ operators
     def derivative(self, field: torch.Tensor, order: int = 1, axis: str = "x") -> torch.Tensor:
         """``d^order field / d axis^order`` of a physical field, spectrally."""
-        if axis == "y":
-            self._require_2d("y derivative")
-        k, m = (self.kx, self.mx) if axis == "x" else (self.ky, self.my)
+        index = "xyz".index(axis)
+        if index >= self.ndim:
+            raise ValueError(f"a {axis} derivative needs a grid of at least {index + 1} dimensions")
+        k, m = self.wavenumbers[index], self.modes[index]
         if order % 2:
             k = self._odd(k, m)
         factor = (1j * k.to(self.complex_dtype)) ** order
