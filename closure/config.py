@@ -63,14 +63,37 @@ class StochasticBurgersForcing(Section):
     interval: PositiveFloat = 0.2
 
 
+class LinearForcingConfig(Section):
+    """3D: f = A u on the modes 0 < |m| <= wavenumber (Lundgren 2003; Rosales & Meneveau 2005).
+
+    ``coefficient`` is A (1/time); ``wavenumber`` the band's radius in mode numbers
+    (null: every non-mean mode, Lundgren's physical-space forcing).
+    """
+
+    type: Literal["linear"] = "linear"
+    coefficient: PositiveFloat = 0.1
+    wavenumber: Optional[PositiveFloat] = 2.0
+
+
+class BandForcingConfig(Section):
+    """3D: a steady solenoidal forcing on the shell low <= |m| <= high with random phases, rms `amplitude`."""
+
+    type: Literal["band"] = "band"
+    low: PositiveFloat = 1.0
+    high: PositiveFloat = 2.0
+    amplitude: float = 1.0
+    seed: int = 0
+
+
 Forcing = Annotated[
-    Union[NoForcing, KolmogorovForcing, GuanForcing, StochasticBurgersForcing],
+    Union[NoForcing, KolmogorovForcing, GuanForcing, StochasticBurgersForcing, LinearForcingConfig,
+          BandForcingConfig],
     Field(discriminator="type"),
 ]
 
 
 class SystemConfig(Section):
-    equation: Literal["navier_stokes_2d", "burgers_1d"] = "navier_stokes_2d"
+    equation: Literal["navier_stokes_2d", "burgers_1d", "navier_stokes_3d"] = "navier_stokes_2d"
     length: PositiveFloat = 2 * math.pi
     viscosity: PositiveFloat = 1.0e-3
     drag: NonNegativeFloat = 0.0
@@ -81,13 +104,17 @@ class SystemConfig(Section):
         kind = self.forcing.type
         if self.equation == "burgers_1d" and kind in ("kolmogorov", "guan"):
             raise ValueError(f"forcing type {kind!r} is two-dimensional; burgers_1d takes 'none' or 'stochastic'")
-        if self.equation == "navier_stokes_2d" and kind == "stochastic":
-            raise ValueError("forcing type 'stochastic' is the Burgers forcing; navier_stokes_2d takes 'none', 'kolmogorov' or 'guan'")
+        if self.equation == "navier_stokes_2d" and kind in ("stochastic", "linear", "band"):
+            raise ValueError(f"forcing type {kind!r} is not a 2D forcing; navier_stokes_2d takes 'none', 'kolmogorov' or 'guan'")
+        if self.equation == "navier_stokes_3d" and kind not in ("none", "linear", "band"):
+            raise ValueError(f"forcing type {kind!r} is not a 3D forcing; navier_stokes_3d takes 'none', 'linear' or 'band'")
+        if self.equation == "burgers_1d" and kind in ("linear", "band"):
+            raise ValueError(f"forcing type {kind!r} is three-dimensional; burgers_1d takes 'none' or 'stochastic'")
         return self
 
     @property
     def ndim(self) -> int:
-        return 1 if self.equation == "burgers_1d" else 2
+        return {"burgers_1d": 1, "navier_stokes_2d": 2, "navier_stokes_3d": 3}[self.equation]
 
 
 # --------------------------------------------------------------------------- initial
@@ -95,11 +122,15 @@ class InitialConfig(Section):
     """Random initial fields with a prescribed spectrum, seeded per trajectory.
 
     2D: E(k) ~ k^4 exp(-(k/k_p)^2) normalised to `energy`; 1D: random modes 1..peak_wavenumber
-    (a flat band) normalised to `energy`.
+    (a flat band) normalised to `energy`; 3D: a solenoidal field with E(k) ~ k^4 exp(-2 (k/k_p)^2)
+    normalised to `energy`, or the Taylor-Green vortex (``type: taylor_green``).
     """
 
     peak_wavenumber: PositiveFloat = 10.0
     energy: PositiveFloat = 0.5
+    # 3D only: "random" (solenoidal, E(k) ~ k^4 exp(-2 (k/k_p)^2)) or "taylor_green"
+    # (the Taylor-Green vortex of amplitude sqrt(8 energy), the same for every trajectory)
+    type: Literal["random", "taylor_green"] = "random"
 
 
 # --------------------------------------------------------------------------- dns / les
@@ -289,7 +320,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     return f"{prefix}{where + ': ' if where else ''}{msg}{shown}"
 
 
-_UNION_TAGS = {"none", "kolmogorov", "guan", "stochastic"}
+_UNION_TAGS = {"none", "kolmogorov", "guan", "stochastic", "linear", "band"}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -17,7 +17,7 @@ def grids(ndim, n_fine=32, n_coarse=8, length=L):
     return (SpectralGrid(n_fine, length, ndim, torch.float64), SpectralGrid(n_coarse, length, ndim, torch.float64))
 
 
-@pytest.mark.parametrize("ndim", [1, 2])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
 @pytest.mark.parametrize("kind", ["spectral", "gaussian", "box"])
 def test_transfer_is_one_at_zero_and_real_even(kind, ndim):
     fine, _ = grids(ndim)
@@ -58,7 +58,7 @@ def test_box_filter_is_a_moving_average_on_the_grid():
     assert float(G[n_les // 2]) == pytest.approx(2 / math.pi, rel=1e-12)  # sinc(pi/2)
 
 
-@pytest.mark.parametrize("ndim", [1, 2])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_restriction_of_a_band_limited_field_is_sampling(ndim):
     fine, coarse = grids(ndim, 48, 12)
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def test_restriction_of_a_band_limited_field_is_sampling(ndim):
     band = fine.truncation_mask(coarse.n // 2, strict=True)
     field = fine.to_physical(noise_hat * band)
     r = fine.n // coarse.n
-    sampled = field[..., ::r] if ndim == 1 else field[..., ::r, ::r]
+    sampled = field[(...,) + (slice(None, None, r),) * ndim]
     restricted = coarse.to_physical(restrict_hat(fine.to_spectral(field), fine, coarse))
     assert torch.allclose(restricted, sampled, atol=1e-12)
     # the spectral filter with P reproduces the same samples
@@ -75,7 +75,7 @@ def test_restriction_of_a_band_limited_field_is_sampling(ndim):
     assert torch.allclose(pg, sampled, atol=1e-12)
 
 
-@pytest.mark.parametrize("ndim", [1, 2])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_restriction_drops_modes_at_and_beyond_les_nyquist(ndim):
     fine, coarse = grids(ndim, 32, 8)
     x = fine.mesh()[0]
@@ -86,7 +86,7 @@ def test_restriction_drops_modes_at_and_beyond_les_nyquist(ndim):
     assert float(coarse.to_physical(restrict_hat(fine.to_spectral(high), fine, coarse)).abs().max()) < 1e-12
 
 
-@pytest.mark.parametrize("ndim", [1, 2])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_parseval_and_energy_of_restriction(ndim):
     fine, coarse = grids(ndim, 32, 8)
     torch.manual_seed(1)
@@ -106,7 +106,7 @@ def test_parseval_and_energy_of_restriction(ndim):
         assert torch.all((g ** 2).mean(dim=coarse.dims) <= (v ** 2).mean(dim=coarse.dims) + 1e-12)
 
 
-@pytest.mark.parametrize("ndim", [1, 2])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_prolongation_is_a_right_inverse_of_restriction(ndim):
     fine, coarse = grids(ndim, 32, 8)
     torch.manual_seed(2)

@@ -62,7 +62,10 @@ class Filter:
             return torch.ones(grid.spectral_shape, dtype=grid.dtype, device=grid.device)
         if self.type == "gaussian":
             return torch.exp(-grid.k2 * D ** 2 / 24)
-        return _sinc(grid.kx * D / 2) if grid.ndim == 1 else _sinc(grid.kx * D / 2) * _sinc(grid.ky * D / 2)
+        out = _sinc(grid.kx * D / 2)
+        for k in grid.wavenumbers[1:]:
+            out = out * _sinc(k * D / 2)
+        return out
 
     def apply_hat(self, field_hat: torch.Tensor, grid: SpectralGrid) -> torch.Tensor:
         """``G w`` in spectral space on the same grid."""
@@ -117,7 +120,10 @@ def _transfer_modes(field_hat: torch.Tensor, source: SpectralGrid, target: Spect
     rows_fine = kept_mode_indices(big.n, small.n, field_hat.device)
     rows_coarse = _coarse_rows(small.n, field_hat.device)
     rows_out, rows_in = (rows_fine, rows_coarse) if to_fine else (rows_coarse, rows_fine)
-    out[..., rows_out, :half] = field_hat[..., rows_in, :half] * scale
+    if target.ndim == 2:
+        out[..., rows_out, :half] = field_hat[..., rows_in, :half] * scale
+    else:  # the same rows on the z and y axes
+        out[..., rows_out[:, None], rows_out[None, :], :half] = field_hat[..., rows_in[:, None], rows_in[None, :], :half] * scale
     return out
 
 

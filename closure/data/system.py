@@ -34,6 +34,10 @@ def make_forcing(config, seeds: Optional[Sequence[int]] = None) -> Optional[Forc
         return solvers.Kolmogorov(wavenumber=f.wavenumber, amplitude=f.amplitude)
     if f.type == "guan":
         return solvers.Guan(wavenumber=f.wavenumber, amplitude=f.amplitude)
+    if f.type == "linear":
+        return solvers.LinearForcing(f.coefficient, max_wavenumber=f.wavenumber)
+    if f.type == "band":
+        return solvers.BandForcing(f.low, f.high, amplitude=f.amplitude, seed=f.seed)
     if f.type == "stochastic":
         if seeds is None:
             raise ValueError("the stochastic forcing needs one seed per trajectory")
@@ -54,9 +58,14 @@ class FilteredForcing(Forcing):
         self.piecewise_constant = getattr(base, "piecewise_constant", False)
         self.ndim = getattr(base, "ndim", None)
 
-    def spectral(self, grid: SpectralGrid, t: float = 0.0) -> torch.Tensor:
+    def spectral(self, grid: SpectralGrid, t: float = 0.0) -> Optional[torch.Tensor]:
         keep = grid.truncation_mask(grid.n // 2, strict=True)
-        return self.base.spectral(grid, t) * (self.filter.transfer(grid) * keep)
+        base = self.base.spectral(grid, t)
+        return None if base is None else base * (self.filter.transfer(grid) * keep)
+
+    def linear_coefficient(self, grid: SpectralGrid) -> Optional[torch.Tensor]:
+        """A forcing linear in the state is diagonal in k: it commutes with ``P G`` and is kept as is."""
+        return self.base.linear_coefficient(grid)
 
     def subset(self, index):
         return FilteredForcing(self.base.subset(index), self.filter)
@@ -70,6 +79,9 @@ def _equation(config, n: int, forcing, dtype, device):
     if s.equation == "burgers_1d":
         return solvers.Burgers1D(n, viscosity=s.viscosity, drag=s.drag, forcing=forcing, length=s.length,
                                  dtype=dtype, device=device)
+    if s.equation == "navier_stokes_3d":
+        return solvers.NavierStokes3D(n, viscosity=s.viscosity, drag=s.drag, forcing=forcing, length=s.length,
+                                      dtype=dtype, device=device)
     return solvers.NavierStokes2D(n, viscosity=s.viscosity, drag=s.drag, forcing=forcing, length=s.length,
                                   dtype=dtype, device=device)
 
@@ -92,4 +104,9 @@ def initial_state(config, grid: SpectralGrid, seeds: Sequence[int]) -> torch.Ten
     ini = config.initial
     if grid.ndim == 1:
         return solvers.random_velocity(grid, seeds, peak_wavenumber=ini.peak_wavenumber, energy=ini.energy)
+    if grid.ndim == 3:
+        if ini.type == "taylor_green":  # E = V^2 / 8
+            return solvers.taylor_green_vortex(grid, amplitude=(8 * ini.energy) ** 0.5, batch=len(seeds))
+        return solvers.random_solenoidal_velocity(grid, seeds, peak_wavenumber=ini.peak_wavenumber,
+                                                  energy=ini.energy)
     return solvers.random_vorticity(grid, seeds, peak_wavenumber=ini.peak_wavenumber, energy=ini.energy)
