@@ -6,6 +6,14 @@ A dataset holds, for ``trajectory`` independent runs and ``time`` snapshots,
     sgs         the exact SGS term  P G R(w) - R_les(P G w)
     omega_dns | u_dns   the DNS field w (only with data.keep_dns), on (y_dns,) x_dns
 
+In 3D (``navier_stokes_3d``) the field is the filtered velocity, stored as the
+variables ``u``, ``v``, ``w`` (its x, y, z components), the SGS term as ``sgs_u``,
+``sgs_v``, ``sgs_w`` and the DNS copy as ``u_dns``, ``v_dns``, ``w_dns``, each on
+``(trajectory, time, z, y, x)``. In memory (`open_dataset`, `build_dataset`) the
+components are stacked into ``velocity``, ``sgs`` and ``velocity_dns`` with a
+``component`` dimension after ``time`` (the solver's layout); `write` splits them
+again (`split_components` / `stack_components`).
+
 with coordinates ``trajectory`` (integer trajectory ids), ``time`` (model time
 since the initial condition), ``x``/``y`` (LES grid points ``j * length / n_les``)
 and ``x_dns``/``y_dns``. Global attributes record the physics, the filter, the
@@ -37,9 +45,13 @@ from closure.errors import ClosureError
 __all__ = [
     "FIELD_NAMES", "field_name", "spatial_dims", "build_dataset", "write", "open_dataset", "validate",
     "dataset_config", "split_trajectories", "encoding_for", "REQUIRED_ATTRS", "global_attrs",
+    "COMPONENTS", "field_dims", "component_variables", "split_components", "stack_components",
 ]
 
-FIELD_NAMES = {"burgers_1d": "u", "navier_stokes_2d": "omega"}
+FIELD_NAMES = {"burgers_1d": "u", "navier_stokes_2d": "omega", "navier_stokes_3d": "velocity"}
+# vector fields: the file variables of the components (x, y, z), in the solver's component order
+COMPONENTS = {"navier_stokes_3d": ("u", "v", "w")}
+_SPATIAL_DIMS = {"burgers_1d": ("x",), "navier_stokes_2d": ("y", "x"), "navier_stokes_3d": ("z", "y", "x")}
 REQUIRED_ATTRS = ("equation", "length", "viscosity", "drag", "forcing", "dns_resolution", "les_resolution",
                   "filter", "dt", "config", "closure_version", "created")
 _LONG_NAMES = {
@@ -47,14 +59,17 @@ _LONG_NAMES = {
     "omega": "filtered vorticity P G omega",
     "u_dns": "DNS velocity u",
     "omega_dns": "DNS vorticity omega",
+    "velocity": "filtered velocity P G u",
+    "velocity_dns": "DNS velocity u",
 }
 _SGS_LONG_NAME = {
     "u": "subgrid-scale tendency P G R(u) - R_les(P G u) of the filtered velocity",
     "omega": "subgrid-scale tendency P G R(omega) - R_les(P G omega) of the filtered vorticity",
+    "velocity": "subgrid-scale tendency P G R(u) - R_les(P G u) of the filtered velocity",
 }
 # the solvers are nondimensional: every quantity is in model units (length unit = the box's unit,
 # time unit = the model time); CF's "1" marks a dimensionless quantity
-_UNITS = {"u": "1", "omega": "1", "sgs": "1"}
+_UNITS = {"u": "1", "omega": "1", "velocity": "1", "sgs": "1"}
 _CHUNK_BYTES = 4 * 2 ** 20
 
 
@@ -63,8 +78,67 @@ def field_name(equation: str) -> str:
 
 
 def spatial_dims(equation: str, dns: bool = False) -> tuple[str, ...]:
-    dims = ("x",) if equation == "burgers_1d" else ("y", "x")
+    """The grid dimensions: ``(x,)``, ``(y, x)`` or ``(z, y, x)`` (``*_dns`` on the DNS grid)."""
+    dims = _SPATIAL_DIMS[equation]
     return tuple(d + "_dns" for d in dims) if dns else dims
+
+
+def field_dims(equation: str, dns: bool = False) -> tuple[str, ...]:
+    """The in-memory dimensions of a snapshot: `spatial_dims`, after ``component`` for a vector field."""
+    return (("component",) if equation in COMPONENTS else ()) + spatial_dims(equation, dns)
+
+
+def component_variables(equation: str, variable: str) -> tuple[str, ...]:
+    """The file variables of an in-memory vector variable (``velocity`` -> ``u, v, w``,
+    ``sgs`` -> ``sgs_u, ...``, ``velocity_dns`` -> ``u_dns, ...``); ``(variable,)`` for a scalar field."""
+    comps = COMPONENTS.get(equation)
+    if comps is None:
+        return (variable,)
+    base = FIELD_NAMES[equation]
+    if variable == base:
+        return comps
+    if variable.startswith(base + "_"):
+        return tuple(c + variable[len(base):] for c in comps)
+    return tuple(f"{variable}_{c}" for c in comps)
+
+
+def split_components(ds: xr.Dataset) -> xr.Dataset:
+    """The file layout: every variable with a ``component`` dimension becomes one variable per component."""
+    equation = ds.attrs.get("equation")
+    vector = [name for name, var in ds.data_vars.items() if "component" in var.dims]
+    if not vector:
+        return ds
+    out = ds.drop_vars(vector + (["component"] if "component" in ds.coords else []))
+    for name in vector:
+        var = ds[name]
+        for i, comp in enumerate(component_variables(equation, name)):
+            attrs = dict(var.attrs)
+            if "long_name" in attrs:
+                attrs["long_name"] = f"{attrs['long_name']}, {'xyz'[i]} component"
+            out[comp] = var.isel(component=i, drop=True).assign_attrs(attrs)
+    return out
+
+
+def stack_components(ds: xr.Dataset) -> xr.Dataset:
+    """The in-memory layout: the component variables of a vector field stacked on ``component``
+    (lazy with dask); datasets of scalar fields are returned unchanged."""
+    equation = ds.attrs.get("equation")
+    if equation not in COMPONENTS:
+        return ds
+    base = FIELD_NAMES[equation]
+    out = ds
+    for name in (base, "sgs", base + "_dns"):
+        comps = component_variables(equation, name)
+        if not all(c in out.data_vars for c in comps):
+            continue
+        attrs = dict(out[comps[0]].attrs)
+        if "long_name" in attrs:
+            attrs["long_name"] = attrs["long_name"].rsplit(", x component", 1)[0]
+        stacked = xr.concat([out[c] for c in comps], dim="component").assign_attrs(attrs)
+        dims = stacked.dims
+        stacked = stacked.transpose(dims[1], dims[2], "component", *dims[3:]) if dims[0] == "component" else stacked
+        out = out.drop_vars(list(comps)).assign({name: stacked})
+    return out.assign_coords(component=("component", list(COMPONENTS[equation])))
 
 
 def _coordinate(n: int, length: float) -> np.ndarray:
@@ -88,7 +162,7 @@ def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[fl
     s = config.system
     dtype = np.dtype(config.dtype)
     name = field_name(s.equation)
-    dims = ("trajectory", "time") + spatial_dims(s.equation)
+    dims = ("trajectory", "time") + field_dims(s.equation)
     n_les, n_dns = config.les.resolution, config.dns.resolution
     coords = {
         "trajectory": ("trajectory", np.asarray(trajectory_ids, dtype=np.int64),
@@ -97,19 +171,23 @@ def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[fl
                  {"long_name": "model time since the initial condition", "units": "1", "axis": "T"}),
         "x": ("x", _coordinate(n_les, s.length), {"long_name": "x position (LES grid)", "units": "1", "axis": "X"}),
     }
-    if s.ndim == 2:
+    if s.ndim >= 2:
         coords["y"] = ("y", _coordinate(n_les, s.length), {"long_name": "y position (LES grid)", "units": "1",
                                                            "axis": "Y"})
+    if s.ndim == 3:
+        coords["z"] = ("z", _coordinate(n_les, s.length), {"long_name": "z position (LES grid)", "units": "1",
+                                                           "axis": "Z"})
+        coords["component"] = ("component", list(COMPONENTS[s.equation]),
+                               {"long_name": "velocity component (x, y, z)"})
     data_vars = {
         name: (dims, np.asarray(field, dtype=dtype), {"long_name": _LONG_NAMES[name], "units": _UNITS[name]}),
         "sgs": (dims, np.asarray(sgs, dtype=dtype), {"long_name": _SGS_LONG_NAME[name], "units": _UNITS["sgs"]}),
     }
     if dns_field is not None:
-        dns_dims = ("trajectory", "time") + spatial_dims(s.equation, dns=True)
-        coords["x_dns"] = ("x_dns", _coordinate(n_dns, s.length), {"long_name": "x position (DNS grid)", "units": "1"})
-        if s.ndim == 2:
-            coords["y_dns"] = ("y_dns", _coordinate(n_dns, s.length),
-                               {"long_name": "y position (DNS grid)", "units": "1"})
+        dns_dims = ("trajectory", "time") + field_dims(s.equation, dns=True)
+        for axis in "xyz"[:s.ndim]:
+            coords[f"{axis}_dns"] = (f"{axis}_dns", _coordinate(n_dns, s.length),
+                                     {"long_name": f"{axis} position (DNS grid)", "units": "1"})
         data_vars[name + "_dns"] = (dns_dims, np.asarray(dns_field, dtype=dtype),
                                     {"long_name": _LONG_NAMES[name + "_dns"], "units": _UNITS[name]})
     attrs = global_attrs(config, created)
@@ -163,6 +241,7 @@ def encoding_for(ds: xr.Dataset, complevel: int = 4) -> dict:
 # --------------------------------------------------------------------------- writing
 def write(ds: xr.Dataset, path: Union[str, Path], complevel: int = 4) -> Path:
     """Write ``ds`` to ``path`` atomically (`closure.storage`: a temp file in the same folder, then a rename)."""
+    ds = split_components(ds)
     encoding = encoding_for(ds, complevel)
     return storage.write_with(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4",
                                                              encoding=encoding))
@@ -190,11 +269,17 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
                            f"expected one of {sorted(FIELD_NAMES)})")
     name = FIELD_NAMES[equation]
     dims = ("trajectory", "time") + spatial_dims(equation)
+    stacked = ("trajectory", "time") + field_dims(equation)
     for var in (name, "sgs"):
-        if var not in ds.data_vars:
-            raise ClosureError(f"{source}: not a closure dataset (missing variable {var!r})")
-        if tuple(ds[var].dims) != dims:
-            raise ClosureError(f"{source}: variable {var!r} has dimensions {tuple(ds[var].dims)}, expected {dims}")
+        if var in ds.data_vars and equation in COMPONENTS:  # the in-memory layout
+            if tuple(ds[var].dims) != stacked:
+                raise ClosureError(f"{source}: variable {var!r} has dimensions {tuple(ds[var].dims)}, expected {stacked}")
+            continue
+        for comp in component_variables(equation, var):
+            if comp not in ds.data_vars:
+                raise ClosureError(f"{source}: not a closure dataset (missing variable {comp!r})")
+            if tuple(ds[comp].dims) != dims:
+                raise ClosureError(f"{source}: variable {comp!r} has dimensions {tuple(ds[comp].dims)}, expected {dims}")
     for attr in REQUIRED_ATTRS:
         if attr not in ds.attrs:
             raise ClosureError(f"{source}: not a closure dataset (missing global attribute {attr!r})")
@@ -204,12 +289,12 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
     n_les = int(ds.attrs["les_resolution"])
     if ds.sizes["x"] != n_les:
         raise ClosureError(f"{source}: dimension x has {ds.sizes['x']} points but les_resolution is {n_les}")
-    dns_name = name + "_dns"
-    if dns_name in ds.data_vars:
-        expect = ("trajectory", "time") + spatial_dims(equation, dns=True)
-        if tuple(ds[dns_name].dims) != expect:
-            raise ClosureError(f"{source}: variable {dns_name!r} has dimensions {tuple(ds[dns_name].dims)}, "
-                               f"expected {expect}")
+    for dns_name in component_variables(equation, name + "_dns"):
+        if dns_name in ds.data_vars:
+            expect = ("trajectory", "time") + spatial_dims(equation, dns=True)
+            if tuple(ds[dns_name].dims) != expect:
+                raise ClosureError(f"{source}: variable {dns_name!r} has dimensions {tuple(ds[dns_name].dims)}, "
+                                   f"expected {expect}")
     return ds
 
 
@@ -239,7 +324,7 @@ def open_dataset(path_or_paths: Union[str, Path, Iterable[Union[str, Path]]], ch
                 ds.close()
             raise
     if len(opened) == 1:
-        return opened[0].load() if eager else opened[0]
+        return stack_components(opened[0].load() if eager else opened[0])
     equations = {ds.attrs.get("equation") for ds in opened}
     if len(equations) > 1:
         for ds in opened:
@@ -254,7 +339,7 @@ def open_dataset(path_or_paths: Union[str, Path, Iterable[Union[str, Path]]], ch
                                combine_attrs="override", join="exact")
     except ValueError as exc:
         raise ClosureError(f"{paths[0]}: cannot combine datasets ({str(exc).splitlines()[0]})") from None
-    return ds.load() if eager else ds
+    return stack_components(ds.load() if eager else ds)
 
 
 def dataset_config(ds: xr.Dataset):

@@ -84,7 +84,7 @@ def load_run(path: Union[str, Path]) -> xr.Dataset:
         raise ClosureError(f"{path}: not a netCDF file ({exc.__class__.__name__})") from None
     if "model" not in ds.attrs:
         raise ClosureError(f"{path}: not an LES output of `closure les` (missing attribute 'model')")
-    return ds_io.validate(ds, str(path))
+    return ds_io.stack_components(ds_io.validate(ds, str(path)))
 
 
 def _mean_series(values: np.ndarray) -> np.ndarray:

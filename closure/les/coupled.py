@@ -373,6 +373,7 @@ def write_atomic(ds, path: Union[str, Path]) -> Path:
     The field variables get the dataset writer's encoding (`closure.data.dataset.encoding_for`:
     zlib, chunks along trajectory and time); per-trajectory variables are stored plainly.
     """
+    ds = ds_io.split_components(ds)
     fields = [name for name, v in ds.data_vars.items() if v.ndim >= 3]
     encoding = ds_io.encoding_for(ds[fields])
     for name, v in ds.data_vars.items():
