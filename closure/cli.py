@@ -3,6 +3,7 @@
     closure generate CONFIG [-o DATASET.nc] [--scheduler ADDR | --workers N] [--set KEY=VALUE ...]
     closure train    CONFIG --data DATASET.nc [-o RUN_DIR] [--resume] [--init RUN_DIR] [--set ...]
     closure les      CONFIG --model MODEL --data DATASET.nc -o LES.nc [--set ...]
+                     (MODEL: a run directory, a baseline, or the plain solver plain@N / plain@Fx[:filtered])
     closure evaluate --reference DATASET.nc LES.nc [LES.nc ...] -o REPORT_DIR
     closure pipeline CONFIG [-o OUT_DIR] [--set ...]
     closure sweep    CONFIG --data DATASET.nc -o SWEEP_DIR [--scheduler ADDR | --workers N] [--set ...]
@@ -85,12 +86,18 @@ def cmd_les(args) -> int:
     config = _load(args)
     data = _require_file(args.data, "dataset file")
     model = args.model
+    if model.startswith("plain@"):
+        from closure.les.ladder import run_plain
+
+        result = run_plain(config, model, data, Path(args.output))
+        print(result if result is not None else args.output)
+        return 0
     from closure.les.baselines import BASELINES, is_baseline
     from closure.les.coupled import run_les
 
     if not is_baseline(model) and not Path(model).is_dir():
-        raise ClosureError(f"--model {model}: neither a baseline ({', '.join(BASELINES)}, or a + sum) "
-                           "nor a training run directory")
+        raise ClosureError(f"--model {model}: neither a baseline ({', '.join(BASELINES)}, or a + sum), "
+                           "a plain solver (plain@N, plain@Fx) nor a training run directory")
 
     result = run_les(config, model, data, Path(args.output))
     print(result if result is not None else args.output)
@@ -105,18 +112,32 @@ def cmd_evaluate(args) -> int:
     result = evaluate(reference, runs, Path(args.output))
     if isinstance(result, dict):
         print(_metrics_table(result))
+        _print_verdicts(result)
     print(Path(args.output) / "report.md")
     return 0
 
 
+def _print_verdicts(metrics: dict) -> None:
+    """One line per model: on the cost-accuracy front, or dominated by which runs."""
+    from closure.evaluation.report import verdict_lines
+
+    for line in verdict_lines(metrics):
+        print(line)
+
+
 def _metrics_table(metrics: dict) -> str:
     """The contract's scalar metrics per model, one line each (the series stay in metrics.json)."""
-    keys = ("spectrum_error", "pdf_distance", "decorrelation_time", "blowups")
-    lines = [f"{'model':<24}" + "".join(f"{k:>20}" for k in keys)]
+    keys = ("spectrum_error", "pdf_distance", "decorrelation_time", "blowups", "les_seconds_per_model_time")
+    heads = ("spectrum_error", "pdf_distance", "decorrelation_time", "blowups", "s/model_time")
+    lines = [f"{'model':<24}" + "".join(f"{k:>20}" for k in heads)]
     for name, m in metrics.items():
-        if isinstance(m, dict) and all(k in m for k in keys):
-            lines.append(f"{name:<24}" + "".join(f"{m[k]:>20.4g}" for k in keys))
+        if isinstance(m, dict) and all(k in m for k in keys[:4]):
+            lines.append(f"{name:<24}" + "".join(f"{_number(m.get(k)):>20}" for k in keys))
     return "\n".join(lines)
+
+
+def _number(v) -> str:
+    return "nan" if v is None else f"{v:.4g}"
 
 
 def cmd_pipeline(args) -> int:
@@ -125,6 +146,11 @@ def cmd_pipeline(args) -> int:
     from closure.pipeline import pipeline
 
     result = pipeline(config, out_dir, config_path=Path(args.config))
+    metrics_file = Path(result).parent / "metrics.json" if result is not None else None
+    if metrics_file is not None and metrics_file.is_file():
+        import json
+
+        _print_verdicts(json.loads(metrics_file.read_text()))
     print(result if result is not None else out_dir)
     return 0
 
@@ -188,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("les", help="run the coupled LES with a closure")
     with_config(p)
     p.add_argument("--model", required=True, metavar="MODEL",
-                   help="training or calibration run directory, or a classical closure (none, smagorinsky, "
-                        "dynamic_smagorinsky, leith, dealias_residual, or a + sum; docs/baselines.md)")
+                   help="training or calibration run directory, a classical closure (none, smagorinsky, "
+                        "dynamic_smagorinsky, leith, dealias_residual, or a + sum; docs/baselines.md), or the plain "
+                        "solver plain@N / plain@Fx (N grid points or F times the LES resolution; add :filtered to "
+                        "start from the LES's filtered field instead of the DNS state)")
     p.add_argument("--data", required=True, metavar="DATASET.nc", help="filtered DNS (initial fields)")
     p.add_argument("-o", "--output", required=True, metavar="LES.nc")
     p.set_defaults(func=cmd_les)

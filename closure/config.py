@@ -228,6 +228,9 @@ class RunConfig(Section):
     integrator: Literal["etdrk4", "cnrk4"] = "etdrk4"
     smagorinsky_cs: PositiveFloat = 0.17
     leith_cl: PositiveFloat = 0.2
+    # the plain-solver resolution ladder (closure/les/ladder.py): factors of les.resolution ([] = off)
+    ladder: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 1.5, 2.0, 3.0])
+    ladder_starts: list[Literal["dns", "filtered"]] = Field(default_factory=lambda: ["dns", "filtered"])
 
 
 class SweepConfig(Section):

@@ -10,6 +10,8 @@ Layout of ``out_dir``::
     les/<model>.nc       closure.les.coupled.run_les(config, model, dataset, ...) for every model in run.models
     report/              closure.evaluation.compare.evaluate(dataset, les files, ...)
 
+    les/plain@N[_filtered].nc   closure.les.ladder.run_plain for every rung of run.ladder x run.ladder_starts
+
 ``run.models`` holds baseline names (``none``, ``smagorinsky``,
 ``dynamic_smagorinsky``, ``leith``), ``learned`` (the model trained in
 ``train/``) or paths of other training run directories.
@@ -52,20 +54,28 @@ def _say(message: str, *args) -> None:
 
 
 def dataset_is_current(config: Config, path: Path) -> bool:
-    """True if ``path`` is a complete dataset generated from the same values of ``config``."""
+    """True if ``path`` is a complete dataset generated from the same values of ``config``.
+
+    With the plain-solver ladder on (``run.ladder``), a dataset written before the DNS state
+    at the first snapshot was stored (``omega_dns_t0``) is not current either.
+    """
     if not path.is_file():
         return False
     from closure.data.generation import generation_key
     import xarray as xr
 
-    from closure.data.dataset import dataset_config
+    from closure.data.dataset import dataset_config, dns_start_name
 
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
             key = ds.attrs.get("generation_key")
             if key is None:  # the stored config determines the key just as well
                 key = generation_key(dataset_config(ds))
-    except (OSError, ValueError, RuntimeError, ClosureError):
+            has_start = dns_start_name(ds.attrs.get("equation", "navier_stokes_2d")) in ds.data_vars or any(
+                str(v).endswith("_dns") for v in ds.data_vars)
+    except (OSError, ValueError, RuntimeError, ClosureError, KeyError):
+        return False
+    if config.run.ladder and not has_start:
         return False
     return key == generation_key(config)
 
@@ -123,7 +133,7 @@ def _les_is_current(path: Path, key: str) -> bool:
 
 def _model_file_name(model: str) -> str:
     name = Path(model).name if not is_baseline(model) and model != "learned" else model
-    return name.replace("+", "_plus_") + ".nc"
+    return name.replace("+", "_plus_").replace(":", "_") + ".nc"
 
 
 def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Union[str, Path]] = None) -> Path:
@@ -131,6 +141,7 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     from closure.evaluation.compare import evaluate
     from closure.data.generation import generate
     from closure.les.coupled import run_les
+    from closure.les.ladder import ladder_models, run_plain
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,6 +199,19 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
         outputs.append(output)
     timings["les"] = _time.perf_counter() - start
 
+    # ------------------------------------------------------------------ 3b. the plain-solver ladder
+    start = _time.perf_counter()
+    for m in ladder_models(config, config.les.resolution):
+        output = les_dir / _model_file_name(m)
+        key = les_key(config, m, dataset, None)
+        if _les_is_current(output, key):
+            _say("pipeline: ladder %s is up to date, skipping", output)
+        else:
+            _say("pipeline: [3/4] ladder %s -> %s", m, output)
+            run_plain(config, m, dataset, output, extra_attrs={"pipeline_key": key})
+        outputs.append(output)
+    timings["ladder"] = _time.perf_counter() - start
+
     # ------------------------------------------------------------------ 4. evaluate
     start = _time.perf_counter()
     report_dir = out_dir / "report"
@@ -199,8 +223,9 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     for name, r in metrics.items():
         sim = r.get("similarity") or {}
         _say("pipeline: %-22s spectrum_error=%.4g pdf_distance=%.4g decorrelation_time=%.4g blowups=%d "
-             "similarity(spectrum)=%s", name, _nan(r["spectrum_error"]), _nan(r["pdf_distance"]),
-             _nan(r["decorrelation_time"]), r["blowups"], sim.get("spectrum_error"))
+             "s/model time=%.3g similarity(spectrum)=%s", name, _nan(r["spectrum_error"]), _nan(r["pdf_distance"]),
+             _nan(r["decorrelation_time"]), r["blowups"], _nan(r.get("les_seconds_per_model_time")),
+             sim.get("spectrum_error"))
     _say("pipeline: done in %.1f s (%s)", timings["total"],
          ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k != "total"))
     return report_dir / "report.md"

@@ -96,7 +96,7 @@ def runs(tiny_dataset, tmp_path_factory):
 
 
 def test_evaluate_identical_run_is_perfect_and_damage_ranks_worse(tiny_dataset, runs, tmp_path):
-    order = ["none", "smagorinsky", "perfect", "damaged", "broken"]
+    order = ["none", "smagorinsky", "perfect", "damaged"]
     metrics = evaluate(tiny_dataset, [runs[m] for m in order], tmp_path / "report")
     assert list(metrics) == order
     perfect, damaged, none = metrics["perfect"], metrics["damaged"], metrics["none"]
@@ -111,7 +111,6 @@ def test_evaluate_identical_run_is_perfect_and_damage_ranks_worse(tiny_dataset, 
     assert damaged["spectrum_error"] > perfect["spectrum_error"]
     assert damaged["pdf_distance"] > perfect["pdf_distance"]
     assert damaged["decorrelation_time"] < perfect["decorrelation_time"]
-    assert metrics["broken"]["blowups"] == len(metrics["broken"]["trajectories"])
     # the LES is longer than the reference: only the overlap is evaluated
     assert len(none["time"]) == 4 and none["window"][1] == pytest.approx(perfect["window"][1])
     assert len(none["energy"]) == len(none["enstrophy"]) == 4
@@ -141,3 +140,55 @@ def test_evaluate_without_none_and_errors(tiny_dataset, runs, tmp_path):
 def test_duplicate_model_names_are_kept_apart(tiny_dataset, runs, tmp_path):
     metrics = evaluate(tiny_dataset, [runs["none"], runs["none"]], tmp_path / "r", figures=False)
     assert len(metrics) == 2 and "none" in metrics
+
+
+def test_an_early_blowup_does_not_score_well_and_every_run_shares_one_window(tiny_dataset, runs, tmp_path):
+    """A run that blows up is scored on the same snapshots as the others and reported apart.
+
+    Scoring each run on its own finite snapshots rewards an early blow-up: 'broken' equals
+    the reference until it becomes NaN, so on its own window it is perfect.
+    """
+    order = ["none", "damaged", "broken"]
+    metrics = evaluate(tiny_dataset, [runs[m] for m in order], tmp_path / "r", figures=False)
+    broken, damaged, none = metrics["broken"], metrics["damaged"], metrics["none"]
+    assert broken["blowups"] == len(broken["trajectories"])
+    # one window for all: the snapshots before the first non-finite one of any run
+    assert damaged["window"] == broken["window"] == none["window"]
+    assert damaged["window"][1] < damaged["run_window"][1]
+    assert len(damaged["time"]) == 2
+    assert damaged["window_limited_by"] == ["broken"]
+    # a blown-up run is never on the front, however well it scored before blowing up
+    assert broken["front"]["none"]["blew_up"] and not broken["front"]["none"]["on_front"]
+    assert damaged["front"]["none"]["on_front"] or damaged["dominated_by"]
+    # without the broken run the window is the whole reference span again
+    alone = evaluate(tiny_dataset, [runs["none"], runs["damaged"]], tmp_path / "r2", figures=False)
+    assert alone["damaged"]["window"] == alone["damaged"]["run_window"]
+    assert len(alone["damaged"]["time"]) == 4 and alone["damaged"]["window_limited_by"] == []
+
+
+def test_spectrum_error_is_split_at_the_dealiasing_cutoff(tiny_dataset, runs, tmp_path):
+    """k <= n/3 and n/3 < k < n/2: the full error is their shell-count-weighted mean."""
+    from closure.evaluation import metrics as M
+
+    metrics = evaluate(tiny_dataset, [runs["none"], runs["damaged"]], tmp_path / "r", figures=False)
+    n = 16
+    k = M.wavenumbers(n)
+    low, high = (k <= n // 3).sum(), (k > n // 3).sum()
+    assert low == 5 and high == 2
+    for r in metrics.values():
+        whole = (low * r["spectrum_error_low_k"] + high * r["spectrum_error_high_k"]) / (low + high)
+        assert r["spectrum_error"] == pytest.approx(whole, rel=1e-12)
+    d = metrics["damaged"]
+    assert d["spectrum_error_high_k"] > 0 and d["spectrum_error_low_k"] > 0
+    # a change of the small scales only shows in the high band
+    from closure.evaluation.compare import compare
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(2, 3, n, n))
+    hat = np.fft.fft2(ref)
+    m = np.fft.fftfreq(n, 1.0 / n)
+    shell = np.rint(np.hypot(*np.meshgrid(m, m, indexing="ij")))
+    field = np.real(np.fft.ifft2(np.where(shell > n // 3, 2.0 * hat, hat)))
+    out = compare(field, ref, np.arange(3) * 0.1, 2, 2 * np.pi, M.pdf_edges(ref))
+    assert out["spectrum_error_low_k"] == pytest.approx(0.0, abs=1e-12)
+    assert out["spectrum_error_high_k"] == pytest.approx(np.log10(4.0), rel=1e-9)

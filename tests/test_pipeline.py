@@ -12,23 +12,39 @@ from closure.pipeline import pipeline
 from closure.evaluation.report import FIGURES
 
 
+LADDER = {"plain@16", "plain@32", "plain@16:filtered", "plain@32:filtered"}
+
+
 def test_pipeline_end_to_end_and_resume(tiny_config, tmp_path):
+    """The whole pipeline, with the plain-solver ladder on a dataset without the DNS copies."""
     tiny_config["run"]["models"] = ["none", "smagorinsky", "learned"]
+    tiny_config["run"]["ladder"] = [1, 2]
+    tiny_config["data"]["keep_dns"] = False
     config = config_from_dict(tiny_config)
     out = tmp_path / "exp"
     report = pipeline(config, out)
     assert report == out / "report" / "report.md" and report.is_file()
     assert (out / "dataset.nc").is_file()
     assert (out / "train" / "model.pt").is_file()
-    for m in ("none", "smagorinsky", "learned"):
+    for m in ("none", "smagorinsky", "learned", "plain@16", "plain@32_filtered"):
         assert (out / "les" / f"{m}.nc").is_file()
     metrics = json.loads((out / "report" / "metrics.json").read_text())
-    assert set(metrics) == {"none", "smagorinsky", "learned"}
+    assert set(metrics) == {"none", "smagorinsky", "learned"} | LADDER
     for m in metrics.values():
-        assert {"spectrum_error", "pdf_distance", "decorrelation_time", "blowups", "similarity"} <= set(m)
-    for fig in FIGURES:
+        assert {"spectrum_error", "spectrum_error_low_k", "spectrum_error_high_k", "pdf_distance",
+                "decorrelation_time", "blowups", "similarity", "les_seconds_per_model_time"} <= set(m)
+        assert m["les_seconds_per_model_time"] > 0
+    assert metrics["plain@32"]["ladder"] == {"resolution": 32, "factor": 2.0, "start": "dns"}
+    for name in ("none", "smagorinsky", "learned"):
+        assert isinstance(metrics[name]["dominated_by"], list)
+        assert set(metrics[name]["front"]) == {"dns", "filtered"}
+        assert set(metrics[name]["dominated_by"]) <= set(metrics)
+    for fig in FIGURES + ("front.png",):
         assert (out / "report" / fig).is_file()
-    assert "| learned |" in report.read_text()
+    text = report.read_text()
+    assert "| learned |" in text and "![front](front.png)" in text
+    assert "| model | ladder | s / model time | as good on spectrum error" in text
+    assert "| plain@32 (DNS start) |" in text and "Every run was timed alike" in text
 
     # a second call skips every finished stage
     stamps = {p: p.stat().st_mtime_ns for p in [out / "dataset.nc", out / "train" / "model.pt",
@@ -47,11 +63,12 @@ def test_pipeline_end_to_end_and_resume(tiny_config, tmp_path):
     assert (out / "dataset.nc").stat().st_mtime_ns == stamps[out / "dataset.nc"]
     assert (out / "train" / "model.pt").stat().st_mtime_ns == stamps[out / "train" / "model.pt"]
     assert set(json.loads((out / "report" / "metrics.json").read_text())) == {"none", "smagorinsky", "learned",
-                                                                              "leith"}
+                                                                              "leith"} | LADDER
 
 
 def test_pipeline_without_learned_skips_training(tiny_config, tmp_path):
     tiny_config["run"]["models"] = ["none", "dynamic_smagorinsky"]
+    tiny_config["run"]["ladder"] = []  # off
     pipeline(config_from_dict(tiny_config), tmp_path / "b")
     assert not (tmp_path / "b" / "train").exists()
     assert set(json.loads((tmp_path / "b" / "report" / "metrics.json").read_text())) == {"none",

@@ -5,6 +5,9 @@ A dataset holds, for ``trajectory`` independent runs and ``time`` snapshots,
     omega | u   the filtered field  P G w            (trajectory, time, [y,] x)
     sgs         the exact SGS term  P G R(w) - R_les(P G w)
     omega_dns | u_dns   the DNS field w (only with data.keep_dns), on (y_dns,) x_dns
+    omega_dns_t0 | u_dns_t0   the DNS field w at each trajectory's first snapshot
+                (trajectory, [y_dns,] x_dns), always stored (1D and 2D): the initial state
+                of the plain-solver resolution ladder (`closure.les.ladder`)
 
 In 3D (``navier_stokes_3d``) the field is the filtered velocity, stored as the
 variables ``u``, ``v``, ``w`` (its x, y, z components), the SGS term as ``sgs_u``,
@@ -45,7 +48,8 @@ from closure.errors import ClosureError
 __all__ = [
     "FIELD_NAMES", "field_name", "spatial_dims", "build_dataset", "write", "open_dataset", "validate",
     "dataset_config", "split_trajectories", "encoding_for", "REQUIRED_ATTRS", "global_attrs",
-    "COMPONENTS", "field_dims", "component_variables", "split_components", "stack_components",
+    "COMPONENTS", "field_dims", "component_variables", "split_components", "stack_components", "dns_start_name",
+    "dns_start",
 ]
 
 FIELD_NAMES = {"burgers_1d": "u", "navier_stokes_2d": "omega", "navier_stokes_3d": "velocity"}
@@ -61,6 +65,8 @@ _LONG_NAMES = {
     "omega_dns": "DNS vorticity omega",
     "velocity": "filtered velocity P G u",
     "velocity_dns": "DNS velocity u",
+    "u_dns_t0": "DNS velocity u at the trajectory's first snapshot",
+    "omega_dns_t0": "DNS vorticity omega at the trajectory's first snapshot",
 }
 _SGS_LONG_NAME = {
     "u": "subgrid-scale tendency P G R(u) - R_les(P G u) of the filtered velocity",
@@ -75,6 +81,11 @@ _CHUNK_BYTES = 4 * 2 ** 20
 
 def field_name(equation: str) -> str:
     return FIELD_NAMES[equation]
+
+
+def dns_start_name(equation: str) -> str:
+    """The variable holding the DNS field at each trajectory's first snapshot (``omega_dns_t0``/``u_dns_t0``)."""
+    return FIELD_NAMES[equation] + "_dns_t0"
 
 
 def spatial_dims(equation: str, dns: bool = False) -> tuple[str, ...]:
@@ -154,9 +165,11 @@ def _version() -> str:
 # --------------------------------------------------------------------------- building
 def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[float],
                   trajectory_ids: Sequence[int], dns_field: Optional[np.ndarray] = None,
-                  created: Optional[str] = None) -> xr.Dataset:
+                  created: Optional[str] = None, dns_start: Optional[np.ndarray] = None) -> xr.Dataset:
     """The contract's dataset from arrays ``(trajectory, time, *space)`` and a `Config`.
 
+    ``dns_field``: the DNS fields of every snapshot (``keep_dns``); ``dns_start``: the DNS
+    field at each trajectory's first snapshot ``(trajectory, *dns space)``.
     Values are cast to ``config.dtype``; coordinates are float64 physical positions.
     """
     s = config.system
@@ -183,13 +196,19 @@ def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[fl
         name: (dims, np.asarray(field, dtype=dtype), {"long_name": _LONG_NAMES[name], "units": _UNITS[name]}),
         "sgs": (dims, np.asarray(sgs, dtype=dtype), {"long_name": _SGS_LONG_NAME[name], "units": _UNITS["sgs"]}),
     }
-    if dns_field is not None:
-        dns_dims = ("trajectory", "time") + field_dims(s.equation, dns=True)
+    if dns_field is not None or (dns_start is not None and s.ndim < 3):
         for axis in "xyz"[:s.ndim]:
             coords[f"{axis}_dns"] = (f"{axis}_dns", _coordinate(n_dns, s.length),
                                      {"long_name": f"{axis} position (DNS grid)", "units": "1"})
+    if dns_field is not None:
+        dns_dims = ("trajectory", "time") + field_dims(s.equation, dns=True)
         data_vars[name + "_dns"] = (dns_dims, np.asarray(dns_field, dtype=dtype),
                                     {"long_name": _LONG_NAMES[name + "_dns"], "units": _UNITS[name]})
+    if dns_start is not None and s.ndim < 3:  # the ladder (closure.les.ladder) is one- and two-dimensional
+        start = dns_start_name(s.equation)
+        data_vars[start] = (("trajectory",) + spatial_dims(s.equation, dns=True), np.asarray(dns_start, dtype=dtype),
+                            {"long_name": _LONG_NAMES[start], "units": _UNITS[name],
+                             "time": float(np.asarray(times, dtype=np.float64)[0])})
     attrs = global_attrs(config, created)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
@@ -295,7 +314,30 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
             if tuple(ds[dns_name].dims) != expect:
                 raise ClosureError(f"{source}: variable {dns_name!r} has dimensions {tuple(ds[dns_name].dims)}, "
                                    f"expected {expect}")
+    start = dns_start_name(equation)
+    if start in ds.data_vars:
+        expect = ("trajectory",) + spatial_dims(equation, dns=True)
+        if tuple(ds[start].dims) != expect:
+            raise ClosureError(f"{source}: variable {start!r} has dimensions {tuple(ds[start].dims)}, "
+                               f"expected {expect}")
     return ds
+
+
+def dns_start(ds: xr.Dataset, trajectories: Sequence[int], source: str = "dataset") -> np.ndarray:
+    """The DNS fields at the first snapshot of the trajectories at positions ``trajectories``.
+
+    From ``omega_dns_t0``/``u_dns_t0``, or from the ``*_dns`` copy of a ``keep_dns`` dataset;
+    a dataset with neither (written before the variable existed) is a `ClosureError`.
+    """
+    equation = ds.attrs["equation"]
+    start, full = dns_start_name(equation), FIELD_NAMES[equation] + "_dns"
+    index = [int(i) for i in trajectories]
+    if start in ds.data_vars:
+        return np.asarray(ds[start].isel(trajectory=index).values)
+    if full in ds.data_vars:
+        return np.asarray(ds[full].isel(trajectory=index, time=0).values)
+    raise ClosureError(f"{source}: no DNS state at the first snapshot (variable {start!r}); the plain-solver "
+                       "ladder needs it: regenerate the dataset with this version of closure")
 
 
 def open_dataset(path_or_paths: Union[str, Path, Iterable[Union[str, Path]]], chunks=None,

@@ -83,6 +83,7 @@ class BatchResult:
     field: np.ndarray
     sgs: np.ndarray
     dns: Optional[np.ndarray]
+    dns_start: Optional[np.ndarray] = None  # (batch, *dns grid): the DNS field at the first snapshot
 
 
 def simulate_batch(config: Config, ids: Sequence[int], device=None,
@@ -108,7 +109,7 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
     dt = d.dt
     grid = dns.grid
     keep = config.data.keep_dns
-    fields, sgss, dnss, times = [], [], [], []
+    fields, sgss, dnss, times, first = [], [], [], [], []
 
     def snapshot(step: int, time: float, w_hat: torch.Tensor):
         field_hat, s_hat = sgs_hat(w_hat, dns, les, filt)
@@ -116,6 +117,8 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
         sgss.append(les.grid.to_physical(s_hat).cpu().numpy())
         if keep:
             dnss.append(grid.to_physical(w_hat).cpu().numpy())
+        if not first:  # the DNS state at the first snapshot is always kept (the ladder starts from it)
+            first.append(grid.to_physical(w_hat).cpu().numpy()[:n_real])
         times.append(time)
 
     # absolute step numbers of the snapshots
@@ -132,11 +135,12 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
                                f"(step {err.step}, dns.dt={dt:g}); reduce dns.dt or raise dns.resolution") from None
     stack = lambda xs: np.stack(xs, axis=1)[:n_real]  # noqa: E731  (batch, time, *space)
     return BatchResult(ids[:n_real], np.asarray(times, dtype=np.float64), stack(fields), stack(sgss),
-                       stack(dnss) if keep else None)
+                       stack(dnss) if keep else None, first[0] if first else None)
 
 
 def _part_dataset(config: Config, result: BatchResult):
-    return ds_io.build_dataset(config, result.field, result.sgs, result.times, result.ids, dns_field=result.dns)
+    return ds_io.build_dataset(config, result.field, result.sgs, result.times, result.ids, dns_field=result.dns,
+                               dns_start=result.dns_start)
 
 
 def _write_part(config: Config, ids: Sequence[int], path: Path, device=None,

@@ -2,7 +2,8 @@
 
 `dns_equation` builds the DNS equation of a config; `les_equation` the LES
 equation: the same physics at ``les.resolution`` with the filtered forcing
-``P G f`` (CONTRACT.md), so that linear terms and forcing commute with ``P G``.
+``P G f`` (the dataset schema docs), so that linear terms and forcing commute with ``P G``;
+`plain_equation` the DNS physics (unfiltered forcing ``f``) at any resolution.
 Seeds for per-trajectory random forcing are ``trajectory_seeds(config, ids)``.
 """
 
@@ -18,7 +19,8 @@ from solvers.forcing import Forcing, seed_for
 from solvers.spectral import SpectralGrid
 
 __all__ = ["trajectory_seeds", "make_forcing", "make_filter", "dns_equation", "les_equation",
-           "initial_state", "FilteredForcing"]
+           "initial_state", "FilteredForcing",
+           "plain_equation"]
 
 
 def trajectory_seeds(config, trajectory_ids: Sequence[int]) -> list[int]:
@@ -88,6 +90,11 @@ def _equation(config, n: int, forcing, dtype, device):
 
 def dns_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequence[int]] = None):
     return _equation(config, config.dns.resolution, make_forcing(config, seeds), dtype, device)
+
+
+def plain_equation(config, n: int, dtype=torch.float64, device="cpu", seeds: Optional[Sequence[int]] = None):
+    """The DNS equation (the same physics and forcing ``f``) on an ``n``-point grid: the plain solver."""
+    return _equation(config, int(n), make_forcing(config, seeds), dtype, device)
 
 
 def les_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequence[int]] = None,

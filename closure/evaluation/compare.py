@@ -3,16 +3,24 @@
     evaluate(reference, runs, report_dir) -> dict      # {model name: metrics}
 
 ``reference`` is the filtered-DNS dataset, ``runs`` the LES files written by
-`closure.les.coupled.run_les`. Each run is matched with the reference by trajectory id
-and time (the LES saves at the dataset's sample times): the comparison window is
-the overlap of the run's times with the reference's (a run longer than the
-dataset is evaluated where the reference exists; a shorter one on its own span).
+`closure.les.coupled.run_les` (and the plain-solver ladder, `closure.les.ladder`).
+Each run is matched with the reference by trajectory id and time (the LES saves at
+the dataset's sample times).
 
-Metrics per model (CONTRACT.md; definitions in `closure.evaluation.metrics`):
+The scoring window is common to all runs: the reference times that every run
+has (a run longer than the dataset is evaluated where the reference exists), up
+to the first snapshot at which any run has a non-finite value in any trajectory.
+Every run is scored on the same snapshots, so a run that blows up early cannot
+look good by being scored only near its initial condition; its blow-up is
+reported apart (``blowups``, ``blowup_times``), and ``window_limited_by`` names
+the runs that shortened the window (evaluate without them for the full window).
 
-- ``spectrum_error``: time- and trajectory-averaged spectra over the window
-  (the snapshots where the run is finite, the same snapshots of the reference),
-  mean ``|log10 E - log10 E_ref|`` over ``1 <= k <= k_les = n_les/2 - 1``.
+Metrics per model (definitions in `closure.evaluation.metrics`):
+
+- ``spectrum_error``: time- and trajectory-averaged spectra over the window,
+  mean ``|log10 E - log10 E_ref|`` over ``1 <= k <= k_les = n_les/2 - 1``;
+  ``spectrum_error_low_k`` the same over ``k <= n_les/3`` (the modes the LES
+  advects: its 2/3 rule), ``spectrum_error_high_k`` over ``n_les/3 < k < n_les/2``.
 - ``pdf_distance``: Hellinger distance of the field's histograms (vorticity in
   2D, velocity in 1D) over the same snapshots, on common bins fixed by the
   reference (`closure.evaluation.metrics.pdf_edges`).
@@ -30,7 +38,13 @@ Metrics per model (CONTRACT.md; definitions in `closure.evaluation.metrics`):
   window (NaN -> null where every trajectory has blown up);
   ``correlation``: the trajectory-mean correlation series.
 - ``cost_ratio``: LES wall time per unit model time over the DNS's
-  (`closure.les.coupled`); ``speedup`` its inverse; plus the raw timings.
+  (`closure.les.coupled`); ``speedup`` its inverse; plus the raw timings
+  (``les_seconds_per_model_time``) and how they were taken (``timing``: device,
+  torch threads, batch).
+- ladder rungs carry ``ladder`` (``resolution``, ``factor``, ``start``); every
+  other run gets ``front`` (per ladder start, `closure.evaluation.front.verdict`:
+  on the front or not, the runs that dominate it, the cheapest rung at least as
+  good on each metric) and ``dominated_by`` (the union over the starts).
 
 Writes ``metrics.json``, ``metrics.csv``, ``reference.json`` (the filtered
 DNS's series and spectrum), the figures and ``report.md`` (`closure.evaluation.report`).
@@ -44,19 +58,20 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import xarray as xr
 
 from closure.data import dataset as ds_io
+from closure.evaluation import front as F
 from closure.evaluation import metrics as M
 from closure import storage
 from closure.errors import ClosureError
 
 log = logging.getLogger("closure.evaluation.compare")
 
-__all__ = ["evaluate", "compare", "load_run", "match_times", "SCALAR_KEYS"]
+__all__ = ["evaluate", "compare", "load_run", "match_times", "SCALAR_KEYS", "standing", "ladder_runs"]
 
 SCALAR_KEYS = ("spectrum_error", "pdf_distance", "decorrelation_time", "blowups")
 
@@ -111,11 +126,14 @@ def compare(field: np.ndarray, ref: np.ndarray, times: np.ndarray, ndim: int, le
         E = M.energy_spectrum(field[finite], ndim, length).mean(axis=0)
         E_ref = M.energy_spectrum(ref[finite], ndim, length).mean(axis=0)
         out["spectrum_error"] = M.spectrum_error(E, E_ref)
+        low = M.wavenumbers(field.shape[-1]) <= field.shape[-1] // 3
+        out["spectrum_error_low_k"] = M.spectrum_error(E[low], E_ref[low])
+        out["spectrum_error_high_k"] = M.spectrum_error(E[~low], E_ref[~low]) if (~low).any() else float("nan")
         out["pdf_distance"] = M.hellinger(M.histogram(field[finite], edges), M.histogram(ref[finite], edges))
     else:
         E = np.full(field.shape[-1] // 2 - 1, np.nan)
-        out["spectrum_error"] = float("nan")
-        out["pdf_distance"] = float("nan")
+        for key in ("spectrum_error", "spectrum_error_low_k", "spectrum_error_high_k", "pdf_distance"):
+            out[key] = float("nan")
     corr = M.pearson(field, ref, ndim)
     corr = np.where(finite, corr, np.nan)
     t_d, censored = M.decorrelation_times(corr, t_rel)
@@ -183,34 +201,56 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
             raise ClosureError(f"{path}: fewer than two of its snapshot times coincide with the reference's")
         loaded.append((Path(path), ds, ids, i_run, i_ref))
 
-    # common PDF bins from the reference over every trajectory and time the runs use
+    # the common window: reference times every run has, up to the first non-finite snapshot of any run
+    common = sorted(set.intersection(*[set(int(j) for j in i_ref) for *_, i_ref in loaded]))
+    if len(common) < 2:
+        raise ClosureError(f"evaluate: the runs share fewer than two snapshot times with each other and "
+                           f"the reference {reference}")
+    fields, end, limited_by = [], len(common), []
+    for path, ds, ids, i_run, i_ref in loaded:
+        position = {int(j): int(i) for i, j in zip(i_run, i_ref)}
+        field = np.asarray(ds[var].isel(time=[position[j] for j in common]).values)
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = np.all(np.isfinite(field.reshape(field.shape[:2] + (-1,))), axis=(0, 2))  # per time
+        first_bad = int(np.argmin(finite)) if not finite.all() else len(common)
+        fields.append(field)
+        if first_bad < end:
+            end, limited_by = first_bad, [str(ds.attrs["model"])]
+        elif first_bad == end and first_bad < len(common):
+            limited_by.append(str(ds.attrs["model"]))
+    end = max(end, 1)
+    window_ref = common[:end]
+
+    # common PDF bins from the reference over every trajectory and time of the window
     all_ids = sorted({i for _, _, ids, _, _ in loaded for i in ids})
-    all_ref_t = sorted({int(j) for *_, i_ref in loaded for j in i_ref})
-    ref_sample = np.asarray(ref_ds[var].sel(trajectory=all_ids).isel(time=all_ref_t).values)
+    ref_sample = np.asarray(ref_ds[var].sel(trajectory=all_ids).isel(time=window_ref).values)
     edges = M.pdf_edges(ref_sample)
+    run_span = [float(ref_times[common[0]]), float(ref_times[common[-1]])]
 
     results: dict = {}
     extras: dict = {}
     reference_series: dict = {}
     taken: set = set()
-    for path, ds, ids, i_run, i_ref in loaded:
+    for (path, ds, ids, i_run, i_ref), full in zip(loaded, fields):
         name = _unique_name(str(ds.attrs["model"]), taken, path)
         taken.add(name)
-        field = np.asarray(ds[var].isel(time=i_run).values)
-        ref = np.asarray(ref_ds[var].sel(trajectory=ids).isel(time=i_ref).values)
-        times = ref_times[i_ref]
+        field = full[:, :end]
+        ref = np.asarray(ref_ds[var].sel(trajectory=ids).isel(time=window_ref).values)
+        times = ref_times[window_ref]
         m = compare(field, ref, times, ndim, length, edges)
         blow = np.asarray(ds["blowup_time"].values) if "blowup_time" in ds else np.full(len(ids), np.nan)
         blowups = [{"trajectory": ids[k], "time": float(blow[k])} for k in range(len(ids)) if np.isfinite(blow[k])]
         # a trajectory that went non-finite without a recorded time (e.g. written by other tools)
         with np.errstate(invalid="ignore"):
-            nonfinite = ~np.all(np.isfinite(field), axis=tuple(range(1, field.ndim)))
+            nonfinite = ~np.all(np.isfinite(full), axis=tuple(range(1, full.ndim)))
         for k in np.nonzero(nonfinite)[0]:
             if not np.isfinite(blow[k]):
                 blowups.append({"trajectory": ids[k], "time": None})
         cost = float(ds.attrs.get("cost_ratio", float("nan")))
         results[name] = {
             "spectrum_error": m["spectrum_error"],
+            "spectrum_error_low_k": m["spectrum_error_low_k"],
+            "spectrum_error_high_k": m["spectrum_error_high_k"],
             "pdf_distance": m["pdf_distance"],
             "decorrelation_time": m["decorrelation_time"],
             "blowups": len(blowups),
@@ -220,19 +260,27 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
             "les_seconds_per_model_time": float(ds.attrs.get("les_seconds_per_model_time", float("nan"))),
             "dns_seconds_per_model_time": float(ds.attrs.get("dns_seconds_per_model_time", float("nan"))),
             "les_ms_per_step": float(ds.attrs.get("les_ms_per_step", float("nan"))),
+            "timing": {"device": ds.attrs.get("device"), "torch_threads": _int_or_none(ds.attrs.get("torch_threads")),
+                       "batch": _int_or_none(ds.attrs.get("batch", len(ids)))},
             "decorrelation_censored": m["decorrelation_censored"],
             "blowup_times": blowups,
             "trajectories": ids,
             "window": [float(times[0]), float(times[-1])],
+            "run_window": run_span,
+            "window_limited_by": sorted(set(limited_by)),
             "time": times,
             "energy": m["energy"],
             "enstrophy": m["enstrophy"],
             "correlation": m["correlation"],
             "file": str(path),
         }
+        if "ladder_resolution" in ds.attrs:
+            results[name]["ladder"] = {"resolution": int(ds.attrs["ladder_resolution"]),
+                                       "factor": float(ds.attrs["ladder_factor"]),
+                                       "start": str(ds.attrs["ladder_start"])}
         extras[name] = {"spectrum": m["spectrum"], "field": field, "ref": ref, "times": times, "ids": ids,
                         "window": m["window"]}
-        key = tuple(ids), tuple(i_ref.tolist())
+        key = tuple(ids), tuple(window_ref)
         if key not in reference_series:
             with np.errstate(invalid="ignore"):
                 reference_series[key] = {
@@ -256,6 +304,7 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
             "decorrelation_time": M.similarity(lost(r, extras[name]), lost(base, extras["none"])),
         }
 
+    standing(results)
     report_dir.mkdir(parents=True, exist_ok=True)
     reference_info = {
         "file": str(reference),
@@ -278,6 +327,39 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
     return _jsonable(results)
 
 
+def _int_or_none(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def ladder_runs(results: dict, start: Optional[str] = None) -> dict:
+    """The plain-solver ladder entries of ``results`` (of one ``start``, or all), by name."""
+    return {n: r for n, r in results.items() if "ladder" in r and (start is None or r["ladder"]["start"] == start)}
+
+
+def standing(results: dict) -> None:
+    """Add the front verdicts to every model of ``results`` (in place; `closure.evaluation.front`).
+
+    Each model (every run that is not a ladder rung) gets ``front``: for each ladder start, the
+    `closure.evaluation.front.verdict` against that start's rungs and the other models; and
+    ``dominated_by``: every run that dominates it against either ladder (empty: on the front).
+    """
+    models = {n: r for n, r in results.items() if "ladder" not in r}
+    starts = sorted({r["ladder"]["start"] for r in ladder_runs(results).values()}, key=_start_order)
+    for name, r in models.items():
+        r["front"] = {s: F.verdict(name, models, ladder_runs(results, s)) for s in starts}
+        if not starts:
+            r["front"] = {"none": F.verdict(name, models, {})}
+        by = [n for v in r["front"].values() for n in v["dominated_by"]]
+        r["dominated_by"] = sorted(set(by), key=lambda n: F.value(results[n], F.COST))
+
+
+def _start_order(start: str) -> tuple:
+    return (0 if start == "dns" else 1, start)
+
+
 def _write_json(path: Path, obj) -> None:
     storage.write_json(path, _jsonable(obj), indent=1, allow_nan=False)
 
@@ -285,7 +367,8 @@ def _write_json(path: Path, obj) -> None:
 def _write_csv(path: Path, results: dict) -> None:
     cols = ["model", "spectrum_error", "pdf_distance", "decorrelation_time", "blowups",
             "similarity_spectrum_error", "similarity_pdf_distance", "similarity_decorrelation_time",
-            "cost_ratio", "speedup", "les_ms_per_step"]
+            "cost_ratio", "speedup", "les_ms_per_step", "spectrum_error_low_k", "spectrum_error_high_k",
+            "les_seconds_per_model_time", "dominated_by"]
     buffer = io.StringIO(newline="")
     w = csv.writer(buffer)
     w.writerow(cols)
@@ -293,6 +376,7 @@ def _write_csv(path: Path, results: dict) -> None:
         sim = r["similarity"] or {}
         row = [name, r["spectrum_error"], r["pdf_distance"], r["decorrelation_time"], r["blowups"],
                sim.get("spectrum_error"), sim.get("pdf_distance"), sim.get("decorrelation_time"),
-               r["cost_ratio"], r["speedup"], r["les_ms_per_step"]]
+               r["cost_ratio"], r["speedup"], r["les_ms_per_step"], r["spectrum_error_low_k"],
+               r["spectrum_error_high_k"], r["les_seconds_per_model_time"], " ".join(r.get("dominated_by", []))]
         w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in row])
     storage.write_text(path, buffer.getvalue(), newline="")

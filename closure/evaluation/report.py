@@ -12,7 +12,15 @@ Figures (PNG, 150 dpi) in the report directory:
   at a few times (first test trajectory), one shared, symmetric colour scale
   (1D: the velocity profiles).
 
-``report.md`` shows the table of metrics and the figures.
+- ``front.png`` (when the runs include the plain-solver ladder, `closure.les.ladder`):
+  the cost-accuracy plane, one panel per metric, x = wall seconds per unit model
+  time (log scale); each ladder start is a line through its rungs (labelled by
+  their grid size), each model a point.
+
+``report.md`` shows the table of metrics, how the runs were timed, the blow-ups,
+the front table (per model and ladder start: the cheapest rung at least as good
+on each metric, and whether the model is on the front or which runs dominate it;
+`closure.evaluation.front`) and the figures.
 """
 
 from __future__ import annotations
@@ -26,9 +34,15 @@ import numpy as np
 
 from closure import storage
 
-__all__ = ["write_report", "FIGURES"]
+__all__ = ["write_report", "FIGURES", "table", "front_table", "verdict_line", "verdict_lines", "timing_text",
+           "FRONT_METRICS"]
 
 FIGURES = ("spectra.png", "pdf.png", "series.png", "correlation.png", "snapshots.png")
+FRONT_FIGURE = "front.png"
+FRONT_METRICS = (("spectrum_error", "spectrum error"), ("pdf_distance", "PDF distance"),
+                 ("decorrelation_time", "decorrelation time"))
+_START_WORDS = {"dns": "DNS start", "filtered": "filtered start"}
+_START_STYLE = {"dns": dict(color="black", ls="-", marker="o"), "filtered": dict(color="dimgray", ls="--", marker="s")}
 _REF_STYLE = dict(color="black", lw=2.2, label="filtered DNS")
 
 
@@ -183,31 +197,181 @@ def _snapshots(path, results, extras, ndim, length, n_times=4):
     plt.close(fig)
 
 
+def _ladder_rungs(results: dict, start=None) -> dict:
+    return {n: r for n, r in results.items() if "ladder" in r and (start is None or r["ladder"]["start"] == start)}
+
+
+def _models(results: dict) -> dict:
+    return {n: r for n, r in results.items() if "ladder" not in r}
+
+
+def _starts(results: dict) -> list:
+    starts = {r["ladder"]["start"] for r in _ladder_rungs(results).values()}
+    return sorted(starts, key=lambda s: (s != "dns", s))
+
+
 def table(results: dict) -> str:
-    """The Markdown table of the scalar metrics."""
-    head = ("| model | spectrum error | PDF distance | decorrelation time | blow-ups | similarity "
-            "(spectrum / PDF / decorrelation) | cost vs DNS |\n|---|---|---|---|---|---|---|\n")
+    """The Markdown table of the scalar metrics (models first, then the ladder rungs)."""
+    head = ("| run | s / model time | spectrum error (k <= n/3 / above) | PDF distance | decorrelation time | "
+            "blow-ups | similarity (spectrum / PDF / decorrelation) | cost vs DNS |\n"
+            "|---|---|---|---|---|---|---|---|\n")
     lines = []
-    for name, r in results.items():
+    ordered = list(_models(results)) + sorted(_ladder_rungs(results), key=lambda n: (
+        results[n]["ladder"]["start"] != "dns", results[n]["ladder"]["resolution"]))
+    for name in ordered:
+        r = results[name]
         sim = r.get("similarity") or {}
         sims = " / ".join(_fmt(sim.get(k)) for k in ("spectrum_error", "pdf_distance", "decorrelation_time")) \
             if sim else "-"
         censored = r.get("decorrelation_censored", 0)
         dec = _fmt(r["decorrelation_time"]) + (f" ({censored} never)" if censored else "")
-        lines.append(f"| {name} | {_fmt(r['spectrum_error'])} | {_fmt(r['pdf_distance'])} | {dec} | "
-                     f"{r['blowups']} | {sims} | {_fmt(r['cost_ratio'])} |")
+        spec = (f"{_fmt(r['spectrum_error'])} ({_fmt(r.get('spectrum_error_low_k'))} / "
+                f"{_fmt(r.get('spectrum_error_high_k'))})")
+        label = name
+        if "ladder" in r:
+            label = f"{name} ({_START_WORDS.get(r['ladder']['start'], r['ladder']['start'])})"
+        lines.append(f"| {label} | {_fmt(r.get('les_seconds_per_model_time'))} | {spec} | "
+                     f"{_fmt(r['pdf_distance'])} | {dec} | {r['blowups']} | {sims} | {_fmt(r['cost_ratio'])} |")
     return head + "\n".join(lines) + "\n"
+
+
+def _rung_cell(name, results) -> str:
+    if name is None:
+        return "no rung"
+    return f"{name} ({_fmt(results[name].get('les_seconds_per_model_time'))} s)"
+
+
+def verdict_line(name: str, r: dict, results: dict) -> str:
+    """One line per model: where it stands on the cost-accuracy front, per ladder start."""
+    parts = []
+    for start, v in (r.get("front") or {}).items():
+        where = f"against the {_START_WORDS[start]} ladder" if start in _START_WORDS else "(no ladder)"
+        if v.get("blew_up"):
+            text = "not on the front (blew up)"
+        elif v["on_front"]:
+            text = "on the front"
+        else:
+            by = v["dominated_by"]
+            text = "dominated by " + ", ".join(by[:3]) + (f" and {len(by) - 3} more" if len(by) > 3 else "")
+        parts.append(f"{text} {where}")
+    cost = _fmt(r.get("les_seconds_per_model_time"))
+    return f"{name} ({cost} s / model time): " + "; ".join(parts)
+
+
+def verdict_lines(results: dict) -> list:
+    """`verdict_line` of every model (not the ladder rungs) of a metrics mapping."""
+    return [verdict_line(n, r, results) for n, r in _models(results).items() if isinstance(r, dict)]
+
+
+def front_table(results: dict) -> str:
+    """Per model and ladder start: the cheapest rung at least as good on each metric, and the verdict."""
+    head = ("| model | ladder | s / model time | " + " | ".join(f"as good on {label}" for _, label in FRONT_METRICS)
+            + " | verdict |\n|" + "---|" * (4 + len(FRONT_METRICS)) + "\n")
+    lines = []
+    for name, r in _models(results).items():
+        for start, v in (r.get("front") or {}).items():
+            cells = [_rung_cell(v["as_good"].get(m), results) for m, _ in FRONT_METRICS]
+            if v.get("blew_up"):
+                verdict = "blew up: not on the front"
+            elif v["on_front"]:
+                verdict = "**on the front**"
+            else:
+                verdict = "dominated by " + ", ".join(v["dominated_by"])
+            lines.append(f"| {name} | {_START_WORDS.get(start, start)} | {_fmt(r.get('les_seconds_per_model_time'))} | "
+                         + " | ".join(cells) + f" | {verdict} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def timing_text(results: dict) -> str:
+    """How the runs were timed (and a warning when they were not timed alike)."""
+    setups = {}
+    for name, r in results.items():
+        t = r.get("timing") or {}
+        key = (t.get("device"), t.get("torch_threads"), t.get("batch"))
+        setups.setdefault(key, []).append(name)
+    text = ("Cost: wall-clock seconds of the time stepping per unit model time for the whole batch of test "
+            "trajectories (one untimed warm-up step first; I/O, set-up and the coarse-graining of the ladder's "
+            "snapshots excluded). ")
+    if len(setups) == 1:
+        (device, threads, batch), = setups
+        text += (f"Every run was timed alike: device {device}, {threads} torch thread(s), a batch of {batch} "
+                 "trajectories (the pipeline runs them one after the other in one process).")
+    else:
+        listing = "; ".join(f"{', '.join(names)}: device {d}, {t} thread(s), batch {b}"
+                            for (d, t, b), names in setups.items())
+        text += f"**The runs were not timed alike** ({listing}): compare their costs with care."
+    return text
+
+
+def _front_figure(path, results, colors):
+    plt = _plt()
+    models = _models(results)
+    fig, axes = plt.subplots(1, len(FRONT_METRICS), figsize=(4.6 * len(FRONT_METRICS), 4.0), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], FRONT_METRICS):
+        for start in _starts(results):
+            rungs = sorted(_ladder_rungs(results, start).items(), key=lambda kv: kv[1]["ladder"]["resolution"])
+            x = [r.get("les_seconds_per_model_time") for _, r in rungs]
+            y = [r.get(metric) for _, r in rungs]
+            x = np.asarray([np.nan if v is None else v for v in x], dtype=float)
+            y = np.asarray([np.nan if v is None else v for v in y], dtype=float)
+            ax.plot(x, y, lw=1.3, ms=5, label=f"plain solver, {_START_WORDS.get(start, start)}",
+                    **_START_STYLE.get(start, {}))
+            for (_, r), xi, yi in zip(rungs, x, y):
+                if np.isfinite(xi) and np.isfinite(yi):
+                    ax.annotate(str(r["ladder"]["resolution"]), (xi, yi), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7, color=_START_STYLE.get(start, {}).get("color", "k"))
+        for name, r in models.items():
+            xv, yv = r.get("les_seconds_per_model_time"), r.get(metric)
+            if xv is None or yv is None or not (math.isfinite(xv) and math.isfinite(yv)):
+                continue
+            ax.plot([xv], [yv], ls="none", marker="D" if r.get("blowups") else "o", ms=7, color=colors[name],
+                    label=name + (" (blew up)" if r.get("blowups") else ""))
+        ax.set_xscale("log")
+        ax.set_xlabel("wall seconds per unit model time")
+        ax.set_ylabel(label + (" (higher is better)" if metric == "decorrelation_time" else " (lower is better)"))
+        ax.grid(True, which="both", alpha=0.2)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("cost and accuracy: plain-solver ladder (lines, labelled by grid size) and models (points)",
+                 fontsize=10)
+    fig.tight_layout()
+    storage.save_figure(fig, path, dpi=150)
+    plt.close(fig)
+
+
+def _blowup_text(results: dict) -> list:
+    lines = []
+    for name, r in results.items():
+        for b in r.get("blowup_times") or []:
+            when = "at an unrecorded time" if b.get("time") is None else f"at t = {_fmt(b['time'], 4)}"
+            lines.append(f"- {name}: trajectory {b['trajectory']} became non-finite {when}")
+    return lines
+
+
+def _window_text(results: dict) -> str:
+    first = next(iter(results.values()))
+    window, span = first["window"], first.get("run_window", first["window"])
+    limited = sorted({n for r in results.values() for n in r.get("window_limited_by", [])})
+    text = (f"Every run is scored on the same snapshots: t = {window[0]:.4g} .. {window[1]:.4g}, the times all runs "
+            "share, up to the first non-finite snapshot of any run.")
+    if limited:
+        text += (f" The window was cut short (from t = {span[1]:.4g}) by the blow-up of {', '.join(limited)}; "
+                 "evaluate without it for the whole window.")
+    return text
 
 
 def write_report(report_dir, results, extras, reference, edges, attrs, ndim, length) -> Path:
     """Write the figures and ``report.md``; return the report's path."""
     report_dir = Path(report_dir)
     colors = _colors(list(results))
-    _spectra(report_dir / "spectra.png", results, extras, reference, colors, ndim)
-    _pdf(report_dir / "pdf.png", results, extras, reference, edges, colors, ndim)
-    _series(report_dir / "series.png", results, reference, colors, ndim)
-    _correlation(report_dir / "correlation.png", results, colors)
-    _snapshots(report_dir / "snapshots.png", results, extras, ndim, length)
+    shown = _models(results) or results  # the ladder has its own figure
+    _spectra(report_dir / "spectra.png", shown, extras, reference, colors, ndim)
+    _pdf(report_dir / "pdf.png", shown, extras, reference, edges, colors, ndim)
+    _series(report_dir / "series.png", shown, reference, colors, ndim)
+    _correlation(report_dir / "correlation.png", shown, colors)
+    _snapshots(report_dir / "snapshots.png", shown, extras, ndim, length)
+    has_ladder = bool(_ladder_rungs(results))
+    if has_ladder:
+        _front_figure(report_dir / FRONT_FIGURE, results, colors)
     first = next(iter(results.values()))
     forcing = attrs.get("forcing", "")
     try:
@@ -221,17 +385,44 @@ def write_report(report_dir, results, extras, reference, edges, attrs, ndim, len
         f"LES {attrs.get('les_resolution')}, viscosity {attrs.get('viscosity')}, drag {attrs.get('drag')}, "
         f"forcing {forcing}, filter {attrs.get('filter')}).",
         f"Test trajectories {first['trajectories']}, window t = {first['window'][0]:.4g} .. {first['window'][1]:.4g}; "
-        f"every LES starts from the filtered DNS at the window's start.",
+        f"every LES starts from the filtered DNS at the window's start (the plain-solver ladder: see below).",
         f"Machine: {platform.machine()} {platform.system()}, Python {platform.python_version()}.",
         "",
         table(results),
+        timing_text(results),
+        "",
         "Definitions: spectrum error = mean over 1 <= k <= k_les of |log10 E - log10 E_ref| of the time-averaged "
         "energy spectra; PDF distance = Hellinger distance of the field histograms; decorrelation time = first "
         "time the correlation with the filtered DNS drops below 0.95 (mean over trajectories; 'never' = stayed "
         "above for the whole window and counted as the window length); similarity = 1 - d(model)/d(none) "
         "(> 0 beats the no-closure LES; for the decorrelation time d is the time lost, window - time); "
-        "cost = LES wall time per unit model time / DNS wall time per unit model time.",
+        "cost = LES wall time per unit model time / DNS wall time per unit model time; in brackets the spectrum "
+        "error over k <= n/3 (the modes the LES advects) and over n/3 < k < n/2.",
         "",
+        _window_text(results),
+        "",
+    ]
+    blowups = _blowup_text(results)
+    lines += ["## Blow-ups", ""] + (blowups or ["None: every run stayed finite."]) + [""]
+    if has_ladder:
+        lines += [
+            "## Cost and accuracy: the plain-solver ladder",
+            "",
+            "The plain solver (no closure, the DNS forcing) at finer grids, each snapshot coarse-grained with the "
+            "dataset's filter and restriction and scored like the models. DNS start: from the DNS state at the first "
+            "snapshot, truncated to the rung's grid (what the plain solver at that resolution would have given). "
+            "Filtered start: from the LES's own initial field, zero-padded (the same information the LES starts "
+            "from). A model is on the front when no rung of that ladder and no other model is at most as costly "
+            "and at least as good on every metric (spectrum error, PDF distance, decorrelation time, blow-ups); "
+            "each 'as good on' cell names the cheapest rung at least as good as the model on that metric.",
+            "",
+            front_table(results),
+            "Verdicts:",
+            "",
+        ]
+        lines += [f"- {verdict_line(n, r, results)}" for n, r in _models(results).items()]
+        lines += ["", f"![front]({FRONT_FIGURE})", ""]
+    lines += [
         "## Spectra",
         "",
         "![spectra](spectra.png)",

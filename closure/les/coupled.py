@@ -36,7 +36,8 @@ tendency at each snapshot, coordinates, the contract's attributes with ``dt``
 the LES step), plus the variable ``blowup_time`` (trajectory; NaN = none) and
 the attributes ``model``, ``blowups`` (JSON ``[{trajectory, time}]``),
 ``les_seconds_per_model_time`` (wall clock of the whole batch per unit model
-time, I/O excluded), ``les_ms_per_step``, ``dns_seconds_per_model_time`` (the
+time, I/O and one untimed warm-up step excluded), ``les_ms_per_step``, ``device``,
+``torch_threads`` and ``batch`` (how it was timed), ``dns_seconds_per_model_time`` (the
 dataset's ``dns_seconds_per_model_time`` attribute if it has one, else a few
 DNS steps timed here on the same device with the same batch, once per process
 so that the models of one pipeline share it) and
@@ -65,7 +66,8 @@ from closure.progress import progress
 
 log = logging.getLogger("closure.les.coupled")
 
-__all__ = ["run_les", "test_trajectories", "les_config", "time_dns", "model_label", "LESResult", "integrate"]
+__all__ = ["run_les", "test_trajectories", "les_config", "time_dns", "model_label", "LESResult", "integrate",
+           "dns_cost", "warm_up", "write_atomic", "cpu_threads"]
 
 
 _DNS_COST: dict = {}  # (DNS setup, batch, device, dtype) -> seconds per unit model time
@@ -175,12 +177,42 @@ def _time_dns(config, batch, device, dtype, max_steps, budget_s):
     return elapsed / (steps * d.dt)
 
 
+def dns_cost(ds, data_config: Config, batch: int, device, dtype) -> tuple[float, str]:
+    """``(seconds per unit model time of the DNS, where the figure comes from)``.
+
+    The dataset's ``dns_seconds_per_model_time`` attribute if it has one, else a few DNS
+    steps timed here, once per process and DNS setup, so that the models of one pipeline
+    share the figure.
+    """
+    stored = ds.attrs.get("dns_seconds_per_model_time")
+    if stored is not None:
+        return float(stored), "dataset"
+    from closure.data.generation import generation_key
+
+    key = (generation_key(data_config), batch, str(device), str(dtype))
+    if key not in _DNS_COST:
+        _DNS_COST[key] = time_dns(data_config, batch, device, dtype)
+    return float(_DNS_COST[key]), f"timed here ({batch} trajectories, {device})"
+
+
 class LESResult:
     """Arrays of one coupled LES batch: field/sgs (trajectory, time, *grid), times, blow-up times, timing."""
 
     def __init__(self, field, sgs, times, blowup_time, seconds, model_time, steps):
         self.field, self.sgs, self.times, self.blowup_time = field, sgs, times, blowup_time
         self.seconds, self.model_time, self.steps = seconds, model_time, steps
+
+
+def warm_up(equation, closure, state: torch.Tensor, dt: float, t0: float, method: str) -> None:
+    """One untimed step from ``state`` (discarded): FFT plans, caches and lazy set-up happen here,
+    so that the timed stepping measures the steady cost per step."""
+    import solvers
+
+    try:
+        equation.simulate(state, dt=dt, steps=1, closure=closure, time=t0, method=method)
+    except solvers.BlowUpError:
+        pass  # the timed run meets the blow-up again and records it
+    _sync(state.device)
 
 
 def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: int, saves: int,
@@ -210,6 +242,7 @@ def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: i
     equation.stepper(method, dt)  # build (and cache) the integrator's coefficients outside the timing
     seconds, steps = 0.0, 0
     with torch.no_grad():
+        warm_up(equation, solver_closure, state, dt, t0, method)
         field[:, 0] = state.cpu().numpy()
         sgs[:, 0] = closure(state).cpu().numpy()
         with progress(total=saves, desc=desc, unit="snapshot", enabled=show_progress) as bar:
@@ -321,18 +354,7 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
 
     # ---------------------------------------------------------------- cost
     les_spmt = result.seconds / result.model_time if result.model_time > 0 else float("nan")
-    dns_spmt = ds.attrs.get("dns_seconds_per_model_time")
-    dns_source = "dataset"
-    if dns_spmt is None:
-        # timed once per process and DNS setup, so that the models of one pipeline share the figure
-        from closure.data.generation import generation_key
-
-        key = (generation_key(data_config), len(ids), str(device), str(dtype))
-        if key not in _DNS_COST:
-            _DNS_COST[key] = time_dns(data_config, len(ids), device, dtype)
-        dns_spmt = _DNS_COST[key]
-        dns_source = f"timed here ({len(ids)} trajectories, {device})"
-    dns_spmt = float(dns_spmt)
+    dns_spmt, dns_source = dns_cost(ds, data_config, len(ids), device, dtype)
 
     # ---------------------------------------------------------------- write
     out = ds_io.build_dataset(cfg, result.field, result.sgs, result.times, ids)
@@ -360,6 +382,7 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
         "cost_ratio": float(les_spmt / dns_spmt) if dns_spmt > 0 else float("nan"),
         "device": str(device),
         "torch_threads": int(n_threads),
+        "batch": len(ids),
     })
     out.attrs.update(extra_attrs or {})
     if blowups:

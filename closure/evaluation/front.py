@@ -1,0 +1,114 @@
+"""The cost-accuracy front: which runs nothing else beats for less (pure functions on metric rows).
+
+A *row* is a mapping with a cost (``les_seconds_per_model_time``: wall seconds per
+unit model time) and the scalar metrics of `closure.evaluation.compare`. Run ``a``
+*dominates* run ``b`` when ``a`` costs no more and is at least as good on every
+metric of `METRICS` (``blowups`` included: a run that blew up is worse than one that
+did not), and is strictly better in at least one of them (cost included). The
+*front* (Pareto front) is the set of runs that no other run dominates.
+
+A non-finite metric counts as the worst value (a run that cannot be scored on a
+metric is not "as good" on it); a non-finite cost as the highest. A run that blew
+up (``blowups > 0``) is never on the front, whatever its scores on the window
+before its blow-up.
+
+    dominates(a, b) -> bool
+    dominated_by(name, rows) -> [names that dominate rows[name]]
+    front(rows) -> [names on the front]
+    cheapest_as_good(row, ladder, metric) -> name of the cheapest ladder run at least as good on metric, or None
+    verdict(name, models, ladder) -> {"on_front", "dominated_by", "as_good"}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+__all__ = ["METRICS", "COST", "dominates", "dominated_by", "front", "cheapest_as_good", "verdict", "value",
+           "at_least_as_good", "blew_up"]
+
+# metric -> "min" (smaller is better) or "max" (larger is better)
+METRICS: dict[str, str] = {
+    "spectrum_error": "min",
+    "pdf_distance": "min",
+    "decorrelation_time": "max",
+    "blowups": "min",
+}
+COST = "les_seconds_per_model_time"
+
+
+def value(row: Mapping, key: str, sense: str = "min") -> float:
+    """``row[key]`` as a float; missing or non-finite -> the worst value for ``sense``."""
+    v = row.get(key)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        v = math.nan
+    if math.isfinite(v):
+        return v
+    return math.inf if sense == "min" else -math.inf
+
+
+def at_least_as_good(a: Mapping, b: Mapping, metric: str, sense: Optional[str] = None) -> bool:
+    """True if run ``a`` is at least as good as run ``b`` on ``metric``."""
+    sense = sense or METRICS[metric]
+    va, vb = value(a, metric, sense), value(b, metric, sense)
+    return va <= vb if sense == "min" else va >= vb
+
+
+def _strictly_better(a: Mapping, b: Mapping, metric: str, sense: str) -> bool:
+    va, vb = value(a, metric, sense), value(b, metric, sense)
+    return va < vb if sense == "min" else va > vb
+
+
+def dominates(a: Mapping, b: Mapping, metrics: Mapping[str, str] = METRICS, cost: str = COST) -> bool:
+    """``a`` costs no more than ``b``, is at least as good on every metric and strictly better somewhere."""
+    if value(a, cost) > value(b, cost):
+        return False
+    if not all(at_least_as_good(a, b, m, s) for m, s in metrics.items()):
+        return False
+    return value(a, cost) < value(b, cost) or any(_strictly_better(a, b, m, s) for m, s in metrics.items())
+
+
+def dominated_by(name: str, rows: Mapping[str, Mapping], metrics: Mapping[str, str] = METRICS,
+                 cost: str = COST) -> list[str]:
+    """The names of the rows that dominate ``rows[name]``, cheapest first."""
+    me = rows[name]
+    found = [other for other, row in rows.items() if other != name and dominates(row, me, metrics, cost)]
+    return sorted(found, key=lambda other: value(rows[other], cost))
+
+
+def blew_up(row: Mapping) -> bool:
+    """True if the run has a blow-up (a missing ``blowups`` counts as none)."""
+    try:
+        return float(row.get("blowups") or 0) > 0
+    except (TypeError, ValueError):
+        return True
+
+
+def front(rows: Mapping[str, Mapping], metrics: Mapping[str, str] = METRICS, cost: str = COST) -> list[str]:
+    """The names of the rows on the Pareto front (dominated by no other row, no blow-up), cheapest first."""
+    names = [n for n in rows if not blew_up(rows[n]) and not dominated_by(n, rows, metrics, cost)]
+    return sorted(names, key=lambda n: value(rows[n], cost))
+
+
+def cheapest_as_good(row: Mapping, ladder: Mapping[str, Mapping], metric: str,
+                     cost: str = COST) -> Optional[str]:
+    """The cheapest ladder run at least as good as ``row`` on ``metric`` (None: no rung is)."""
+    good = [n for n, r in ladder.items() if at_least_as_good(r, row, metric)]
+    return min(good, key=lambda n: value(ladder[n], cost)) if good else None
+
+
+def verdict(name: str, models: Mapping[str, Mapping], ladder: Mapping[str, Mapping],
+            metrics: Mapping[str, str] = METRICS, cost: str = COST) -> dict:
+    """Where model ``name`` stands against the ``ladder`` runs and the other ``models``.
+
+    Returns ``{"on_front": bool, "blew_up": bool, "dominated_by": [names],
+    "as_good": {metric: ladder name or None}}``.
+    """
+    rows = dict(ladder)
+    rows.update(models)
+    by = dominated_by(name, rows, metrics, cost)
+    broke = blew_up(models[name])
+    as_good = {m: cheapest_as_good(models[name], ladder, m, cost) for m in metrics if m != "blowups"}
+    return {"on_front": not by and not broke, "blew_up": broke, "dominated_by": by, "as_good": as_good}
