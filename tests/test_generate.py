@@ -133,11 +133,17 @@ def test_default_output_uses_the_config_file_stem(tmp_path, tiny_config, monkeyp
     assert path == Path("data") / "myexp.nc" and (tmp_path / "data" / "myexp.nc").is_file()
 
 
-def test_keep_dns_false_has_no_dns_variables(tmp_path, tiny_config):
+def test_keep_dns_false_keeps_only_the_first_dns_state(tmp_path, tiny_config, tiny_dataset):
+    """Without keep_dns the DNS appears only at each trajectory's first snapshot (omega_dns_t0)."""
     tiny_config["data"]["keep_dns"] = False
     tiny_config["dns"]["trajectories"] = 2
     ds = _load(gen.generate(config_from_dict(tiny_config), tmp_path / "k.nc", progress=False))
-    assert set(ds.data_vars) == {"omega", "sgs"} and "x_dns" not in ds.coords
+    assert set(ds.data_vars) == {"omega", "sgs", "omega_dns_t0"}
+    assert ds["omega_dns_t0"].dims == ("trajectory", "y_dns", "x_dns")
+    # it is the DNS field of the first snapshot (the keep_dns dataset's copy, same trajectories)
+    full = _load(tiny_dataset)
+    np.testing.assert_array_equal(ds["omega_dns_t0"].values, full["omega_dns"].isel(trajectory=[0, 1], time=0).values)
+    np.testing.assert_array_equal(full["omega_dns_t0"].values, full["omega_dns"].isel(time=0).values)
 
 
 def test_dask_local_cluster_matches_in_process(tmp_path, tiny_config, tiny_dataset):
