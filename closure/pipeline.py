@@ -65,6 +65,7 @@ def dataset_is_current(config: Config, path: Path) -> bool:
     import xarray as xr
 
     from closure.data.dataset import dataset_config, dns_start_name
+    from closure.les.ladder import ladder_models
 
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
@@ -75,7 +76,7 @@ def dataset_is_current(config: Config, path: Path) -> bool:
                 str(v).endswith("_dns") for v in ds.data_vars)
     except (OSError, ValueError, RuntimeError, ClosureError, KeyError):
         return False
-    if config.run.ladder and not has_start:
+    if ladder_models(config, config.les.resolution) and not has_start:
         return False
     return key == generation_key(config)
 

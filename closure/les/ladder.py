@@ -129,8 +129,11 @@ def parse_plain(name: str, n_les: int) -> PlainSpec:
 
 
 def ladder_models(config: Config, n_les: int) -> list[str]:
-    """The ladder's model names for ``run.ladder`` x ``run.ladder_starts`` (duplicates dropped)."""
+    """The ladder's model names for ``run.ladder`` x ``run.ladder_starts`` (duplicates dropped;
+    none in 3D, where the ladder is not available yet)."""
     names: list[str] = []
+    if config.system.ndim > 2:
+        return names
     for start in config.run.ladder_starts:
         for factor in config.run.ladder:
             label = PlainSpec(ladder_resolution(n_les, float(factor)), start).label
@@ -177,6 +180,9 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
     spec = parse_plain(model, n_les)
     var = ds_io.field_name(cfg.system.equation)
     ndim = cfg.system.ndim
+    if ndim > 2:
+        raise ClosureError(f"--model {model}: the plain-solver ladder runs for burgers_1d and navier_stokes_2d, "
+                           f"not {cfg.system.equation}")
     length = cfg.system.length
 
     times = np.asarray(ds["time"].values, dtype=np.float64)
