@@ -1,11 +1,11 @@
 """The ``closure`` command line: argument parsing and error reporting only.
 
-    closure generate CONFIG [-o DATASET.nc] [--scheduler ADDR | --workers N] [--set KEY=VALUE ...]
-    closure train    CONFIG --data DATASET.nc [-o RUN_DIR] [--resume] [--init RUN_DIR] [--set ...]
-    closure les      CONFIG --model MODEL --data DATASET.nc -o LES.nc [--set ...]
+    closure generate CONFIG [-o DATASET.nc] [--scheduler ADDR | --workers N] [--overwrite] [--set KEY=VALUE ...]
+    closure train    CONFIG --data DATASET.nc [-o RUN_DIR] [--resume] [--init RUN_DIR] [--overwrite] [--set ...]
+    closure les      CONFIG --model MODEL --data DATASET.nc -o LES.nc [--overwrite] [--set ...]
                      (MODEL: a run directory, a baseline, or the plain solver plain@N / plain@Fx[:filtered])
     closure evaluate --reference DATASET.nc LES.nc [LES.nc ...] -o REPORT_DIR
-    closure pipeline CONFIG [-o OUT_DIR] [--set ...]
+    closure pipeline CONFIG [-o OUT_DIR] [--overwrite] [--set ...]
     closure sweep    CONFIG --data DATASET.nc -o SWEEP_DIR [--scheduler ADDR | --workers N] [--set ...]
 
 Each command loads and validates its config, then calls one library function
@@ -14,6 +14,11 @@ unreadable files, invalid values) become one line ``closure: error: <message>``
 on stderr and exit status 2; Ctrl-C exits with status 130 and SIGTERM with 143
 (128 + the signal number), each after one line on stderr; temp files of
 unfinished writes are removed on the way out (`closure.storage`).
+
+Every command holds a lock on its output while it runs (a second command on the
+same output fails at once, naming the first one's pid), refuses an output that
+is one of its inputs, and refuses to replace an output made from another config
+unless ``--overwrite`` is given (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ def _require_file(path, what: str) -> Path:
     return p
 
 
+def _refuse_inputs(output, *inputs, what="output"):
+    from closure.storage import refuse_input_as_output
+
+    refuse_input_as_output(output, [p for p in inputs if p is not None], what)
+
+
 def _check_scale_out(args):
     if getattr(args, "scheduler", None) and getattr(args, "workers", None) is not None:
         raise ClosureError("give either --scheduler or --workers, not both")
@@ -61,10 +72,16 @@ def _check_scale_out(args):
 def cmd_generate(args) -> int:
     _check_scale_out(args)
     config = _load(args)
-    from closure.data.generation import generate
+    from closure.data.generation import default_output, generate
+    from closure.pipeline import dataset_made_elsewise, refuse_replacing
+    from closure.storage import output_lock
 
+    output = Path(args.output) if args.output else default_output(config)
+    _refuse_inputs(output, args.config)
     kwargs = {"progress": False} if getattr(args, "quiet", False) else {}
-    path = generate(config, args.output, scheduler=args.scheduler, workers=args.workers, **kwargs)
+    with output_lock(output):
+        refuse_replacing(output, dataset_made_elsewise(config, output), args.overwrite)
+        path = generate(config, output, scheduler=args.scheduler, workers=args.workers, **kwargs)
     print(path)
     return 0
 
@@ -75,9 +92,15 @@ def cmd_train(args) -> int:
     if args.init is not None and not Path(args.init).is_dir():
         raise ClosureError(f"{args.init}: --init run directory not found")
     run_dir = Path(args.output) if args.output else Path("runs") / _stem(args.config) / "train"
+    _refuse_inputs(run_dir, data, args.init, args.config)
+    from closure.pipeline import refuse_replacing, training_made_elsewise
+    from closure.storage import output_lock
     from closure.training.trainer import train
 
-    result = train(config, data, run_dir, resume=args.resume, init=args.init)
+    with output_lock(run_dir):
+        if not args.resume:
+            refuse_replacing(run_dir, training_made_elsewise(config, run_dir), args.overwrite)
+        result = train(config, data, run_dir, resume=args.resume, init=args.init)
     print(result if result is not None else run_dir)
     return 0
 
@@ -89,17 +112,27 @@ def cmd_les(args) -> int:
     if model.startswith("plain@"):
         from closure.les.ladder import run_plain
 
-        result = run_plain(config, model, data, Path(args.output))
+        _refuse_inputs(args.output, data, args.config)
+        with _lock(args.output):
+            result = run_plain(config, model, data, Path(args.output))
         print(result if result is not None else args.output)
         return 0
     from closure.les.baselines import BASELINES, is_baseline
-    from closure.les.coupled import run_les
+    from closure.les.coupled import made_by, run_les
+    from closure.storage import output_lock
 
     if not is_baseline(model) and not Path(model).is_dir():
         raise ClosureError(f"--model {model}: neither a baseline ({', '.join(BASELINES)}, or a + sum), "
                            "a plain solver (plain@N, plain@Fx) nor a training run directory")
+    output = Path(args.output)
+    model_file = Path(model) / "model.pt" if not is_baseline(model) else None
+    _refuse_inputs(output, data, model_file, args.config)
 
-    result = run_les(config, model, data, Path(args.output))
+    with output_lock(output):
+        if output.exists() and not args.overwrite and not made_by(output, config, model, data):
+            raise ClosureError(f"{output}: exists and was not run with this model, dataset and run settings; "
+                               "give --overwrite to replace it, or choose another output")
+        result = run_les(config, model, data, output)
     print(result if result is not None else args.output)
     return 0
 
@@ -107,9 +140,12 @@ def cmd_les(args) -> int:
 def cmd_evaluate(args) -> int:
     reference = _require_file(args.reference, "reference dataset file")
     runs = [_require_file(r, "LES file") for r in args.runs]
+    _refuse_inputs(args.output, reference, *runs)
     from closure.evaluation.compare import evaluate
+    from closure.storage import output_lock
 
-    result = evaluate(reference, runs, Path(args.output))
+    with output_lock(args.output):
+        result = evaluate(reference, runs, Path(args.output))
     if isinstance(result, dict):
         print(_metrics_table(result))
         _print_verdicts(result)
@@ -132,20 +168,26 @@ def _metrics_table(metrics: dict) -> str:
     lines = [f"{'model':<24}" + "".join(f"{k:>20}" for k in heads)]
     for name, m in metrics.items():
         if isinstance(m, dict) and all(k in m for k in keys[:4]):
-            lines.append(f"{name:<24}" + "".join(f"{_number(m.get(k)):>20}" for k in keys))
+            lines.append(f"{name:<24}" + "".join(_cell(m.get(k)) for k in keys))
     return "\n".join(lines)
 
 
-def _number(v) -> str:
-    return "nan" if v is None else f"{v:.4g}"
+def _cell(value) -> str:
+    """A table cell: numbers to 4 digits, a missing value (None, NaN) as n/a."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return f"{value:>20.4g}"
+    return f"{'n/a':>20}"
 
 
 def cmd_pipeline(args) -> int:
     config = _load(args)
     out_dir = Path(args.output) if args.output else Path("runs") / _stem(args.config)
+    _refuse_inputs(out_dir, args.config)
     from closure.pipeline import pipeline
+    from closure.storage import output_lock
 
-    result = pipeline(config, out_dir, config_path=Path(args.config))
+    with output_lock(out_dir):
+        result = pipeline(config, out_dir, config_path=Path(args.config), overwrite=args.overwrite)
     metrics_file = Path(result).parent / "metrics.json" if result is not None else None
     if metrics_file is not None and metrics_file.is_file():
         import json
@@ -159,9 +201,12 @@ def cmd_sweep(args) -> int:
     _check_scale_out(args)
     config = _load(args)
     data = _require_file(args.data, "dataset file")
+    _refuse_inputs(args.output, data, args.config)
+    from closure.storage import output_lock
     from closure.study.normalization import sweep
 
-    result = sweep(config, data, Path(args.output), scheduler=args.scheduler, workers=args.workers)
+    with output_lock(args.output):
+        result = sweep(config, data, Path(args.output), scheduler=args.scheduler, workers=args.workers)
     print(result if result is not None else args.output)
     return 0
 
@@ -193,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                        help="override one config key (value parsed as YAML); repeatable")
 
+    def with_overwrite(p):
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an existing output made from another config")
+
     def with_scale_out(p):
         p.add_argument("--scheduler", metavar="ADDRESS", help="attach to a dask.distributed scheduler")
         p.add_argument("--workers", type=int, metavar="N", help="start a local dask cluster of N worker processes")
@@ -201,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("-o", "--output", metavar="DATASET.nc", help="output file (default data/<config stem>.nc)")
     with_scale_out(p)
+    with_overwrite(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train a closure on a dataset")
@@ -209,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="RUN_DIR", help="run directory (default runs/<config stem>/train)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--init", metavar="RUN_DIR", help="initialise the weights from another run")
+    with_overwrite(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("les", help="run the coupled LES with a closure")
@@ -220,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "start from the LES's filtered field instead of the DNS state)")
     p.add_argument("--data", required=True, metavar="DATASET.nc", help="filtered DNS (initial fields)")
     p.add_argument("-o", "--output", required=True, metavar="LES.nc")
+    with_overwrite(p)
     p.set_defaults(func=cmd_les)
 
     p = sub.add_parser("evaluate", help="a-posteriori metrics and figures against the filtered DNS")
@@ -231,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="generate -> train -> les -> evaluate")
     with_config(p)
     p.add_argument("-o", "--output", metavar="OUT_DIR", help="output folder (default runs/<config stem>)")
+    with_overwrite(p)
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("sweep", help="the normalization study (gamma x width x seed)")
@@ -266,8 +319,20 @@ def _describe(exc: BaseException) -> str:
     return " ".join(text.split()) or exc.__class__.__name__
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is now (callers of `main` may swap it between calls)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _setup_logging(quiet: bool):
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     root = logging.getLogger("closure")
     root.handlers[:] = [handler]

@@ -8,12 +8,19 @@ output file. The keys follow `CONTRACT.md`.
     config_to_yaml(config) -> str      # the resolved config, as stored in outputs
 
 Every problem is raised as `ClosureError` with a one-line message naming the
-file, the key and the value.
+file, the key and the value (values echoed in at most ~100 characters).
+
+Hardening: every number must be finite (no ``.inf``/``.nan``) and in range
+(counts and sizes below 2^31, resolutions at most 32768, seeds in [0, 2^63),
+at most 2^31 time steps per run); a config file must be UTF-8 text holding one
+YAML mapping (an empty file is an error, ``{}`` means all defaults) without
+duplicate keys.
 """
 
 from __future__ import annotations
 
 import math
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -22,15 +29,25 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from closure.errors import ClosureError
 
+MAX_COUNT = 2 ** 31 - 1  # counts, sizes and steps (fit a 32-bit index)
+MAX_RESOLUTION = 32768
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+Resolution = Annotated[int, Field(gt=0, le=MAX_RESOLUTION)]
+Seed = Annotated[int, Field(ge=0, lt=2 ** 63)]
+
+
+def _check_steps(key: str, value: float, dt_key: str, dt: float) -> None:
+    steps = value / dt
+    if not math.isfinite(steps) or steps > MAX_COUNT:
+        raise ValueError(f"{key}={value:g} is {steps:.3g} steps of {dt_key}={dt:g}: more than {MAX_COUNT}")
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys are errors, assignment is validated."""
+    """Base of every section: unknown keys are errors, numbers are finite, assignment is validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- system
@@ -135,7 +152,7 @@ class InitialConfig(Section):
 
 # --------------------------------------------------------------------------- dns / les
 class DNSConfig(Section):
-    resolution: PositiveInt = 512
+    resolution: Resolution = 512
     dt: PositiveFloat = 1.0e-3
     spinup_time: NonNegativeFloat = 20.0
     sample_interval: PositiveFloat = 0.1
@@ -148,9 +165,12 @@ class DNSConfig(Section):
     def _times_are_multiples_of_dt(self) -> "DNSConfig":
         for key in ("spinup_time", "sample_interval"):
             value = getattr(self, key)
+            _check_steps(f"dns.{key}", value, "dns.dt", self.dt)
             steps = value / self.dt
             if abs(steps - round(steps)) > 1e-6 * max(1.0, steps):
                 raise ValueError(f"dns.{key}={value} is not a whole multiple of dns.dt={self.dt}")
+        _check_steps("dns.spinup_time + samples x sample_interval",
+                     self.spinup_time + self.samples * self.sample_interval, "dns.dt", self.dt)
         return self
 
     @property
@@ -168,7 +188,7 @@ class FilterConfig(Section):
 
 
 class LESConfig(Section):
-    resolution: PositiveInt = 64
+    resolution: Resolution = 64
     filter: FilterConfig = Field(default_factory=FilterConfig)
 
 
@@ -232,6 +252,11 @@ class RunConfig(Section):
     ladder: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 1.5, 2.0, 3.0])
     ladder_starts: list[Literal["dns", "filtered"]] = Field(default_factory=lambda: ["dns", "filtered"])
 
+    @model_validator(mode="after")
+    def _steps_in_range(self) -> "RunConfig":
+        _check_steps("run.time", self.time, "run.dt", self.dt)
+        return self
+
 
 class SweepConfig(Section):
     """The normalization study (`closure sweep`, closure/study/).
@@ -275,7 +300,7 @@ class SweepConfig(Section):
 
 # --------------------------------------------------------------------------- root
 class Config(Section):
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     system: SystemConfig = Field(default_factory=SystemConfig)
@@ -318,9 +343,24 @@ def _format_error(err: ValidationError, source: str) -> str:
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     value = first.get("input")
-    shown = "" if isinstance(value, dict) or first["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
+    shown = "" if isinstance(value, dict) or first["type"] in ("extra_forbidden", "missing") else f" (got {echo(value)})"
     prefix = f"{source}: " if source else ""
-    return f"{prefix}{where + ': ' if where else ''}{msg}{shown}"
+    return f"{prefix}{echo_text(where, 100) + ': ' if where else ''}{echo_text(msg, 300)}{shown}"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def echo_text(text: str, limit: int = 100) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def echo(value: Any, limit: int = 100) -> str:
+    """A user's value as it appears in an error message: repr, bounded in time and length (YAML aliases)."""
+    return echo_text(_REPR.repr(value), limit)
 
 
 _UNION_TAGS = {"none", "kolmogorov", "guan", "stochastic", "linear", "band"}
@@ -328,15 +368,18 @@ _UNION_TAGS = {"none", "kolmogorov", "guan", "stochastic", "linear", "band"}
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b=value` into (['a', 'b'], value parsed as YAML)."""
+    shown = echo(text)
     if "=" not in text:
-        raise ClosureError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=0.5")
+        raise ClosureError(f"--set {shown}: expected KEY=VALUE, e.g. train.lr=0.5")
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
-        raise ClosureError(f"--set {text!r}: malformed key {key!r}")
+        raise ClosureError(f"--set {shown}: malformed key {echo(key)}")
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError as exc:
-        raise ClosureError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+        value = _safe_load(raw) if raw != "" else None
+    except ClosureError as exc:
+        raise ClosureError(f"--set {shown}: {exc}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        raise ClosureError(f"--set {shown}: value is not valid YAML ({exc.__class__.__name__})") from None
     return key.split("."), value
 
 
@@ -350,7 +393,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ClosureError(f"--set {text!r}: {part!r} is not a section")
+                raise ClosureError(f"--set {echo(text)}: {echo(part)} is not a section")
             node = child
         node[path[-1]] = value
     return raw
@@ -366,17 +409,61 @@ def config_from_dict(raw: dict, source: str = "") -> Config:
         raise ClosureError(_format_error(err, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if duplicate:
+                raise ClosureError(f"duplicate key {echo(key, 60)} at line {key_node.start_mark.line + 1}")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _safe_load(text: str):
+    """``yaml.safe_load`` with duplicate keys refused (`ClosureError`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ClosureError(f"{path}: is a directory, expected a YAML config file") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ClosureError(f"{path}: not a text file (invalid UTF-8 at byte {exc.start})") from None
+
+
 def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> Config:
     """Read, override and validate a YAML config file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ClosureError(f"{path}: config file not found")
+    text = _read_text(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _safe_load(text)
+    except ClosureError as exc:
+        raise ClosureError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ClosureError(f"{path}: not valid YAML{where}") from None
+    except RecursionError:
+        raise ClosureError(f"{path}: YAML nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ClosureError(f"{path}: not valid YAML ({echo_text(exc, 80)})") from None
+    if raw is None:
+        raise ClosureError(f"{path}: the config file is empty (write `{{}}` for the default experiment)")
     if not isinstance(raw, dict):
         raise ClosureError(f"{path}: the top level must be a mapping of sections")
     config = config_from_dict(apply_overrides(raw, overrides or []), str(path))
@@ -395,8 +482,10 @@ def config_to_yaml(config: Config) -> str:
 
 def config_from_yaml(text: str, source: str = "stored config") -> Config:
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError:
+        raw = _safe_load(text)
+    except ClosureError as exc:
+        raise ClosureError(f"{source}: {exc}") from None
+    except (yaml.YAMLError, ValueError, RecursionError):
         raise ClosureError(f"{source}: not valid YAML") from None
     return config_from_dict(raw, source)
 

@@ -25,6 +25,12 @@ training run with its ``config.yaml`` and the LES files with a
 ``pipeline_key`` attribute (run section, device, dtype, the dataset's key and
 the model file's size and modification time). The evaluation is always redone
 (it takes seconds).
+
+An interrupted training resumes from its ``train/checkpoint.pt`` when that was
+written with the same config from the same dataset. A dataset or a trained
+model in ``out_dir`` made from another config is not replaced unless
+``overwrite=True`` (``closure pipeline --overwrite``): the run stops with an
+error naming the file and the first differing key.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ from closure.errors import ClosureError
 
 log = logging.getLogger("closure.pipeline")
 
-__all__ = ["pipeline", "dataset_is_current", "training_is_current", "les_key"]
+__all__ = ["pipeline", "dataset_is_current", "training_is_current", "les_key", "dataset_made_elsewise",
+           "training_made_elsewise", "refuse_replacing"]
 
 TRAIN_SECTIONS = ("seed", "dtype", "system", "initial", "dns", "les", "data", "model", "train")
 
@@ -85,6 +92,54 @@ def _relevant(d: dict, sections) -> dict:
     return {k: d.get(k) for k in sections}
 
 
+def _first_difference(a, b, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "config"
+
+
+def dataset_made_elsewise(config: Config, path: Path) -> Optional[str]:
+    """Why the existing file ``path`` is not the dataset of ``config`` (None if absent or the same)."""
+    if not path.exists() or dataset_is_current(config, path):
+        return None
+    import xarray as xr
+
+    from closure.data.dataset import dataset_config
+
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            stored = config_to_dict(dataset_config(ds))
+    except (OSError, ValueError, RuntimeError, ClosureError):
+        return "it is not a readable closure dataset"
+    keep = ("seed", "dtype", "system", "initial", "dns", "les", "data")
+    return f"it was generated from another config ({_first_difference(_relevant(stored, keep), _relevant(config_to_dict(config), keep))} differs)"
+
+
+def training_made_elsewise(config: Config, run_dir: Path) -> Optional[str]:
+    """Why the training run in ``run_dir`` is not one of ``config`` (None if there is none or the same)."""
+    stored_file = run_dir / "config.yaml"
+    if not ((run_dir / "model.pt").exists() or (run_dir / "checkpoint.pt").exists()) or not stored_file.is_file():
+        return None
+    try:
+        old = yaml.safe_load(stored_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return f"its {stored_file.name} is not readable"
+    if not isinstance(old, dict):
+        return f"its {stored_file.name} is not a config"
+    new = config_to_dict(config)
+    if _relevant(old, TRAIN_SECTIONS) != _relevant(new, TRAIN_SECTIONS):
+        return f"it was trained with another config ({_first_difference(_relevant(old, TRAIN_SECTIONS), _relevant(new, TRAIN_SECTIONS))} differs)"
+    return None
+
+
+def refuse_replacing(path: Path, reason: Optional[str], overwrite: bool) -> None:
+    """Raise `ClosureError` if ``path`` would replace an output made differently (unless ``overwrite``)."""
+    if reason is not None and not overwrite:
+        raise ClosureError(f"{path}: exists and {reason}; give --overwrite to replace it, or choose another output")
+
+
 def training_is_current(config: Config, run_dir: Path, dataset: Path) -> bool:
     """True if ``run_dir`` holds a finished model trained with the same config on the current dataset."""
     model, stored = run_dir / "model.pt", run_dir / "config.yaml"
@@ -99,7 +154,41 @@ def training_is_current(config: Config, run_dir: Path, dataset: Path) -> bool:
     new = config_to_dict(config)
     if _relevant(old, TRAIN_SECTIONS) != _relevant(new, TRAIN_SECTIONS):
         return False
-    return model.stat().st_mtime >= dataset.stat().st_mtime
+    return _trained_on(model, dataset)
+
+
+def _trained_on(model: Path, dataset: Path) -> bool:
+    """The model's recorded dataset identity is the dataset's (older models: not older than the dataset)."""
+    from closure.data.dataset import dataset_identity, open_dataset
+    from closure.nn.io import read_made_for
+
+    try:
+        stored = read_made_for(model).get("dataset")
+    except ClosureError:
+        return False
+    if stored is None:
+        return model.stat().st_mtime >= dataset.stat().st_mtime
+    with open_dataset(dataset) as ds:
+        return stored == dataset_identity(ds)
+
+
+def _checkpoint_resumable(config: Config, run_dir: Path, dataset: Path) -> bool:
+    """True if ``run_dir/checkpoint.pt`` was written by a training of this config on this dataset."""
+    import torch
+
+    from closure.data.dataset import dataset_identity, open_dataset
+
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        return False
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged checkpoint: train afresh
+        return False
+    if not isinstance(checkpoint, dict) or checkpoint.get("config") != config_to_yaml(config):
+        return False
+    with open_dataset(dataset) as ds:
+        return checkpoint.get("dataset") == dataset_identity(ds)
 
 
 def _file_stamp(path: Path) -> dict:
@@ -137,8 +226,13 @@ def _model_file_name(model: str) -> str:
     return name.replace("+", "_plus_").replace(":", "_") + ".nc"
 
 
-def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Union[str, Path]] = None) -> Path:
-    """Run generate -> train -> les -> evaluate into ``out_dir`` (resuming); return ``report/report.md``."""
+def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Union[str, Path]] = None,
+             overwrite: bool = False) -> Path:
+    """Run generate -> train -> les -> evaluate into ``out_dir`` (resuming); return ``report/report.md``.
+
+    ``overwrite``: replace a dataset or trained model of ``out_dir`` made from another config
+    (else that is an error).
+    """
     from closure.evaluation.compare import evaluate
     from closure.data.generation import generate
     from closure.les.coupled import run_les
@@ -152,23 +246,26 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     for m in models:
         if m != "learned" and not is_baseline(m) and not Path(m).is_dir():
             raise ClosureError(f"run.models: {m!r} is neither a baseline, 'learned' nor a training run directory")
+    dataset, run_dir = out_dir / "dataset.nc", out_dir / "train"
+    refuse_replacing(dataset, dataset_made_elsewise(config, dataset), overwrite)  # before anything is written
+    if "learned" in models:
+        refuse_replacing(run_dir, training_made_elsewise(config, run_dir), overwrite)
     storage.write_text(out_dir / "config.yaml", config_to_yaml(config))
     timings = {}
     start_all = _time.perf_counter()
     source = f" ({config_path})" if config_path else ""
 
     # ------------------------------------------------------------------ 1. generate
-    dataset = out_dir / "dataset.nc"
     start = _time.perf_counter()
     if dataset_is_current(config, dataset):
         _say("pipeline%s: dataset %s is up to date, skipping generation", source, dataset)
     else:
         _say("pipeline%s: [1/4] generate -> %s", source, dataset)
-        generate(config, dataset)
+        with storage.output_lock(dataset):
+            generate(config, dataset)
     timings["generate"] = _time.perf_counter() - start
 
     # ------------------------------------------------------------------ 2. train
-    run_dir = out_dir / "train"
     start = _time.perf_counter()
     if "learned" in models:
         if training_is_current(config, run_dir, dataset):
@@ -176,10 +273,16 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
         else:
             from closure.training.trainer import train
 
-            _say("pipeline: [2/4] train -> %s", run_dir)
-            for stale in ("model.pt", "checkpoint.pt"):
-                (run_dir / stale).unlink(missing_ok=True)
-            train(config, dataset, run_dir)
+            with storage.output_lock(run_dir):
+                resume = _checkpoint_resumable(config, run_dir, dataset)
+                if resume:
+                    _say("pipeline: [2/4] train -> %s (resuming from its checkpoint)", run_dir)
+                else:
+                    _say("pipeline: [2/4] train -> %s", run_dir)
+                    for stale in ("model.pt", "checkpoint.pt"):
+                        (run_dir / stale).unlink(missing_ok=True)
+                (run_dir / "model.pt").unlink(missing_ok=True)
+                train(config, dataset, run_dir, resume=resume)
     timings["train"] = _time.perf_counter() - start
 
     # ------------------------------------------------------------------ 3. les
@@ -196,7 +299,8 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
         else:
             _say("pipeline: [3/4] les %s -> %s", m, output)
             name = "learned" if m == "learned" else None
-            run_les(config, model_arg, dataset, output, name=name, extra_attrs={"pipeline_key": key})
+            with storage.output_lock(output):
+                run_les(config, model_arg, dataset, output, name=name, extra_attrs={"pipeline_key": key})
         outputs.append(output)
     timings["les"] = _time.perf_counter() - start
 
@@ -217,7 +321,8 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     start = _time.perf_counter()
     report_dir = out_dir / "report"
     _say("pipeline: [4/4] evaluate -> %s", report_dir)
-    metrics = evaluate(dataset, outputs, report_dir)
+    with storage.output_lock(report_dir):
+        metrics = evaluate(dataset, outputs, report_dir)
     timings["evaluate"] = _time.perf_counter() - start
     timings["total"] = _time.perf_counter() - start_all
     storage.write_json(out_dir / "timings.json", {k: round(v, 3) for k, v in timings.items()}, indent=1)

@@ -49,7 +49,7 @@ __all__ = [
     "FIELD_NAMES", "field_name", "spatial_dims", "build_dataset", "write", "open_dataset", "validate",
     "dataset_config", "split_trajectories", "encoding_for", "REQUIRED_ATTRS", "global_attrs",
     "COMPONENTS", "field_dims", "component_variables", "split_components", "stack_components", "dns_start_name",
-    "dns_start",
+    "dns_start", "dataset_identity",
 ]
 
 FIELD_NAMES = {"burgers_1d": "u", "navier_stokes_2d": "omega", "navier_stokes_3d": "velocity"}
@@ -372,6 +372,7 @@ def open_dataset(path_or_paths: Union[str, Path, Iterable[Union[str, Path]]], ch
         for ds in opened:
             ds.close()
         raise ClosureError(f"{paths[0]}: cannot combine datasets of different equations {sorted(map(str, equations))}")
+    identities = [dataset_identity(ds) for ds in opened]
     for ds in opened:
         ds.close()
     try:
@@ -381,7 +382,36 @@ def open_dataset(path_or_paths: Union[str, Path, Iterable[Union[str, Path]]], ch
                                combine_attrs="override", join="exact")
     except ValueError as exc:
         raise ClosureError(f"{paths[0]}: cannot combine datasets ({str(exc).splitlines()[0]})") from None
+    ds.attrs["dataset_identity"] = _combined_identity(identities)
     return stack_components(ds.load() if eager else ds)
+
+
+def _combined_identity(identities: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("+".join(identities).encode()).hexdigest()[:16]
+
+
+def dataset_identity(ds: xr.Dataset) -> str:
+    """What a dataset is, as 16 hex digits: the hash of its generation key.
+
+    Generation is deterministic, so two files with the same key hold the same values;
+    the key (`closure.data.generation.generation_key`) is the ``generation_key`` attribute
+    or, for files written without it, computed from the stored config. Several files
+    opened together get the hash of their identities in order. Models, checkpoints and
+    LES files record it, and their loaders compare it with the data they are given.
+    """
+    import hashlib
+
+    stored = ds.attrs.get("dataset_identity")
+    if stored:
+        return str(stored)
+    key = ds.attrs.get("generation_key")
+    if not key:
+        from closure.data.generation import generation_key
+
+        key = generation_key(dataset_config(ds))
+    return hashlib.sha256(str(key).encode()).hexdigest()[:16]
 
 
 def dataset_config(ds: xr.Dataset):

@@ -39,6 +39,7 @@ from closure.data import dataset as ds_io
 from closure.data.sgs import sgs_hat
 from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
 from closure.config import Config, config_from_yaml, config_to_yaml, resolve_device, resolve_dtype
+from closure import storage
 from closure.errors import ClosureError
 from closure.progress import progress as progress_bar
 
@@ -217,6 +218,7 @@ def generate(config: Config, output=None, *, scheduler: Optional[str] = None, wo
              output, d.trajectories, d.samples, d.resolution, config.les.resolution, len(parts),
              f" ({n_done} already done)" if n_done else "")
     parts_dir.mkdir(parents=True, exist_ok=True)
+    storage.remove_stale_temps(parts_dir)  # part files half-written by a killed run
     start = _time.perf_counter()
     if todo:
         if scheduler is None and workers is None:

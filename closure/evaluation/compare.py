@@ -172,6 +172,50 @@ def _unique_name(name: str, taken: set, path: Path) -> str:
     return candidate
 
 
+def _finite_reference_window(ref_var, i_run, i_ref, ref_times, reference):
+    """Cut the window where the reference stops being finite (a damaged reference): the leading finite run."""
+    values = np.asarray(ref_var.isel(time=i_ref).values)
+    with np.errstate(invalid="ignore"):
+        ok = np.all(np.isfinite(values), axis=tuple(k for k in range(values.ndim) if k != 1))
+    if ok.all():
+        return i_run, i_ref
+    keep = int(np.argmin(ok))  # the first non-finite snapshot
+    if keep < 2:
+        raise ClosureError(f"{reference}: the reference is non-finite at t = {ref_times[i_ref[keep]]:.6g}; "
+                           "fewer than two finite snapshots to compare")
+    log.warning("%s: the reference is non-finite from t = %.6g on; the comparison window ends there",
+                reference, ref_times[i_ref[keep]])
+    return i_run[:keep], i_ref[:keep]
+
+
+_IDENTITY_SECTIONS = ("seed", "system", "initial", "dns", "les")
+
+
+def _check_reference(path, ds, reference, ref_ds, identity: str) -> None:
+    """Refuse an LES file that was run from another dataset than ``reference`` (another seed, physics, grid).
+
+    Files of `closure les` carry ``reference_identity``; for older ones the sections of
+    the stored configs that determine the initial fields are compared.
+    """
+    stored = ds.attrs.get("reference_identity")
+    if stored is not None:
+        if str(stored) != identity:
+            raise ClosureError(f"{path}: was run from another dataset (identity {str(stored)[:20]}) than the "
+                               f"reference {reference} ({identity}); evaluate it against its own reference")
+        return
+    try:
+        mine, theirs = ds_io.dataset_config(ds).model_dump(), ds_io.dataset_config(ref_ds).model_dump()
+    except ClosureError:
+        return  # no stored config: nothing to compare (the schema checks still apply)
+    for section in _IDENTITY_SECTIONS:
+        a, b = mine.get(section), theirs.get(section)
+        if section == "dns":
+            a, b = ({k: v for k, v in (d or {}).items() if k != "batch_size"} for d in (a, b))
+        if a != b:
+            raise ClosureError(f"{path}: was run from another dataset than the reference {reference} "
+                               f"(its {section} section differs); evaluate it against its own reference")
+
+
 def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], report_dir: Union[str, Path],
              figures: bool = True) -> dict:
     """Compare each LES run with the filtered DNS ``reference``; write the report; return the metrics."""
@@ -186,9 +230,11 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
     ref_times = np.asarray(ref_ds["time"].values, dtype=np.float64)
     ref_ids = [int(i) for i in np.asarray(ref_ds["trajectory"].values)]
 
+    identity = ds_io.dataset_identity(ref_ds)
     loaded = []
     for path in runs:
         ds = load_run(path)
+        _check_reference(path, ds, reference, ref_ds, identity)
         if ds.attrs["equation"] != equation or int(ds.attrs["les_resolution"]) != int(ref_ds.attrs["les_resolution"]):
             raise ClosureError(f"{path}: LES of {ds.attrs['equation']} at {ds.attrs['les_resolution']} points does not "
                                f"match the reference ({equation} at {ref_ds.attrs['les_resolution']})")
@@ -199,6 +245,7 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
         i_run, i_ref = match_times(ds["time"].values, ref_times)
         if i_run.size < 2:
             raise ClosureError(f"{path}: fewer than two of its snapshot times coincide with the reference's")
+        i_run, i_ref = _finite_reference_window(ref_ds[var].sel(trajectory=ids), i_run, i_ref, ref_times, reference)
         loaded.append((Path(path), ds, ids, i_run, i_ref))
 
     # the common window: reference times every run has, up to the first non-finite snapshot of any run

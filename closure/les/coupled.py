@@ -41,7 +41,10 @@ time, I/O and one untimed warm-up step excluded), ``les_ms_per_step``, ``device`
 dataset's ``dns_seconds_per_model_time`` attribute if it has one, else a few
 DNS steps timed here on the same device with the same batch, once per process
 so that the models of one pipeline share it) and
-``cost_ratio`` (LES / DNS per unit model time). Written atomically.
+``cost_ratio`` (LES / DNS per unit model time), and ``reference_identity``
+(the dataset's `closure.data.dataset.dataset_identity`, which ``closure evaluate``
+checks). Written atomically. A learned model trained for another equation,
+LES grid, domain length or field is refused before the run.
 """
 
 from __future__ import annotations
@@ -66,8 +69,8 @@ from closure.progress import progress
 
 log = logging.getLogger("closure.les.coupled")
 
-__all__ = ["run_les", "test_trajectories", "les_config", "time_dns", "model_label", "LESResult", "integrate",
-           "dns_cost", "warm_up", "write_atomic", "cpu_threads"]
+__all__ = ["run_les", "made_by", "test_trajectories", "les_config", "time_dns", "model_label", "LESResult",
+           "integrate", "dns_cost", "warm_up", "write_atomic", "cpu_threads"]
 
 
 _DNS_COST: dict = {}  # (DNS setup, batch, device, dtype) -> seconds per unit model time
@@ -284,6 +287,45 @@ def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: i
     return LESResult(field, sgs, times, blowup_time, seconds, saves * interval, steps)
 
 
+def _check_model(model: str, cfg: Config, var: str, identity: str, source) -> None:
+    """Refuse a model trained for another equation, grid or field (`closure.nn.io.check_made_for`)."""
+    from closure.nn.io import check_made_for, model_file, read_made_for
+
+    path = model_file(model)
+    stored = read_made_for(path)
+    check_made_for(path, stored, {"equation": cfg.system.equation, "les_resolution": cfg.les.resolution,
+                                  "length": cfg.system.length, "field": var})
+    if stored.get("dataset") not in (None, identity):
+        log.warning("les: %s was trained on another dataset (identity %s) than %s (%s): same physics and grid, "
+                    "so it runs; its test split refers to its own dataset", path, stored["dataset"], source, identity)
+
+
+def made_by(path: Union[str, Path], config: Config, model: Union[str, Path], data) -> bool:
+    """True if the LES file ``path`` was run with this ``model`` from ``data`` with the same run settings.
+
+    Compares its ``model_source``, ``reference_identity`` and the ``run`` section, ``dtype`` and
+    ``data`` section of its stored config (what `closure les` would change); False for a file
+    that cannot be read.
+    """
+    import xarray as xr
+
+    from closure.config import config_from_yaml
+
+    model_str = str(model)
+    source = model_str if is_baseline(model_str) else str(Path(model_str).resolve())
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as out:
+            attrs = dict(out.attrs)
+        stored = config_from_yaml(attrs.get("config", ""), str(path))
+        with ds_io.open_dataset(data) as ds:
+            identity = ds_io.dataset_identity(ds)
+    except (OSError, ValueError, RuntimeError, ClosureError):
+        return False
+    return (attrs.get("model_source") == source and attrs.get("reference_identity") == identity
+            and _sections_equal(stored.run, config.run) and stored.dtype == config.dtype
+            and _sections_equal(stored.data, config.data))
+
+
 def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Path],
             name: Optional[str] = None, show_progress: Optional[bool] = None,
             extra_attrs: Optional[dict] = None) -> Path:
@@ -309,6 +351,9 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     cfg = les_config(config, data_config)
     equation_name = cfg.system.equation
     var = ds_io.field_name(equation_name)
+    identity = ds_io.dataset_identity(ds)
+    if not is_baseline(model_str):
+        _check_model(model_str, cfg, var, identity, source)
 
     # ---------------------------------------------------------------- times
     times = np.asarray(ds["time"].values, dtype=np.float64)
@@ -373,6 +418,7 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
         "dns_dt": float(data_config.dns.dt),
         "integrator": run.integrator,
         "reference": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
+        "reference_identity": identity,
         "test_trajectories": json.dumps(ids),
         "blowups": json.dumps(blowups),
         "les_seconds_per_model_time": float(les_spmt),

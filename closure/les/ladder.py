@@ -237,6 +237,7 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
         "dns_dt": float(data_config.dns.dt),
         "integrator": cfg.run.integrator,
         "reference": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
+        "reference_identity": ds_io.dataset_identity(ds),
         "test_trajectories": json.dumps(ids),
         "blowups": json.dumps(blowups),
         "les_seconds_per_model_time": float(spmt),

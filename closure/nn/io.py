@@ -8,6 +8,15 @@ A saved model is one ``torch.save`` of a plain dict
 readable with ``torch.load(..., weights_only=True)``; the architecture
 description rebuilds the module, the state_dict (normalization buffers
 included) restores it.
+
+``extra["made_for"]`` records what the model was trained for: ``equation``,
+``les_resolution``, ``length``, ``field`` (the input variable) and ``dataset``
+(the training data's `closure.data.dataset.dataset_identity`). Loaders compare
+it with what they are about to do (`check_made_for`); a file without it (older
+runs) has the same facts read from its stored config. Any problem reading a
+model file (truncated, foreign, wrong architecture, a missing or misshapen
+weight, an unknown dtype) is an `ArchitectureError` (a `ClosureError`) whose
+one-line message names the file.
 """
 
 from __future__ import annotations
@@ -132,22 +141,106 @@ def save_model(path: str | os.PathLike, model: nn.Module, extra: dict | None = N
     return torch_save(payload, path)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device | None = "cpu", with_extra: bool = False):
-    """Rebuild the model saved by ``save_model``; with ``with_extra`` return (model, extra).
-
-    The model is in eval mode, in the dtype it was saved in, on ``map_location``.
-    """
-    path = Path(path)
+def _read(path: Path, map_location) -> dict:
     if not path.is_file():
         raise ArchitectureError(f"model file {str(path)!r} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated or foreign file
-        raise ArchitectureError(f"{str(path)!r} is not a readable closure model: {type(err).__name__}") from err
+        raise ArchitectureError(f"{str(path)!r} is not a readable closure model: {type(err).__name__}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ArchitectureError(f"{str(path)!r} is not a closure model file (format {FORMAT})")
-    model = model_from_architecture(json.loads(payload["architecture"]))
-    model = model.to(dtype=getattr(torch, payload["dtype"]), device=map_location)
-    model.load_state_dict(payload["state_dict"])
+    missing = [k for k in ("architecture", "dtype", "state_dict") if k not in payload]
+    if missing:
+        raise ArchitectureError(f"{str(path)!r}: damaged closure model file (missing {', '.join(missing)})")
+    if not isinstance(payload.get("extra", {}), dict):
+        raise ArchitectureError(f"{str(path)!r}: damaged closure model file (extra is not a mapping)")
+    return payload
+
+
+def _dtype(name, path: Path) -> torch.dtype:
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ArchitectureError(f"{str(path)!r}: unknown model dtype {str(name)[:40]!r}")
+    return dtype
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device | None = "cpu", with_extra: bool = False,
+               expect: dict | None = None):
+    """Rebuild the model saved by ``save_model``; with ``with_extra`` return (model, extra).
+
+    The model is in eval mode, in the dtype it was saved in, on ``map_location``.
+    ``expect``: what the caller will use it for (keys of ``made_for``), checked first.
+    """
+    path = Path(path)
+    payload = _read(path, map_location)
+    extra = payload.get("extra", {})
+    if expect:
+        check_made_for(path, made_for(extra), expect)
+    try:
+        model = model_from_architecture(json.loads(payload["architecture"]))
+    except ArchitectureError as err:
+        raise ArchitectureError(f"{str(path)!r}: {err}") from None
+    except Exception as err:  # malformed JSON, unknown or missing keyword arguments, bad values
+        raise ArchitectureError(f"{str(path)!r}: the saved architecture cannot be built "
+                                f"({type(err).__name__}: {_short(err)})") from None
+    model = model.to(dtype=_dtype(payload["dtype"], path), device=map_location)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except Exception as err:  # missing, unexpected or misshapen weights
+        raise ArchitectureError(f"{str(path)!r}: the saved weights do not fit its architecture "
+                                f"({_short(err)})") from None
     model.eval()
-    return (model, payload["extra"]) if with_extra else model
+    return (model, extra) if with_extra else model
+
+
+def _short(err: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+MADE_FOR_KEYS = ("equation", "les_resolution", "length", "field", "dataset")
+
+
+def made_for(extra: dict) -> dict:
+    """What a saved model was trained for (``extra["made_for"]``, else read from its stored config)."""
+    stored = extra.get("made_for")
+    if isinstance(stored, dict):
+        return {k: stored[k] for k in MADE_FOR_KEYS if k in stored}
+    text = extra.get("config")
+    if not isinstance(text, str):
+        return {}
+    try:
+        from closure.config import config_from_yaml
+
+        cfg = config_from_yaml(text)
+    except Exception:
+        return {}
+    return {"equation": cfg.system.equation, "les_resolution": cfg.les.resolution, "length": cfg.system.length}
+
+
+def check_made_for(path, stored: dict, expect: dict) -> None:
+    """Raise `ArchitectureError` naming ``path`` and the first fact where ``stored`` and ``expect`` differ."""
+    for key in MADE_FOR_KEYS:
+        if key not in stored or key not in expect or expect[key] is None:
+            continue
+        a, b = stored[key], expect[key]
+        try:
+            same = math.isclose(float(a), float(b), rel_tol=1e-9) if key == "length" else a == b
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise ArchitectureError(f"{path}: the model was trained for {key}={str(a)[:60]!r}, "
+                                    f"but this run has {key}={str(b)[:60]!r}")
+
+
+def model_file(path: str | os.PathLike) -> Path:
+    """``path/model.pt`` for a training run directory, else ``path``."""
+    path = Path(path)
+    return path / "model.pt" if path.is_dir() else path
+
+
+def read_made_for(path: str | os.PathLike) -> dict:
+    """``made_for`` of a model file or run directory, without building the model."""
+    path = model_file(path)
+    return made_for(_read(path, "cpu").get("extra", {}))

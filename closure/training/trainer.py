@@ -57,7 +57,7 @@ from closure.progress import log, progress
 from closure.data.streaming import (Prefetcher, SampleStream, channel_statistics, closure_core, dataset_statistics,
                                field_variable, is_point_model, load_block, plan_blocks)
 
-__all__ = ["train", "check_dataset", "learning_rate_factor", "launch_local", "TrainingInterrupted"]
+__all__ = ["train", "made_for", "check_dataset", "learning_rate_factor", "launch_local", "TrainingInterrupted"]
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "closure.training.trainer/1"
@@ -357,13 +357,48 @@ def train(config, data, run_dir: Union[str, os.PathLike, None] = None, *, resume
         ds.close()
 
 
-def _load_init(init, device, dtype) -> nn.Module:
-    from closure.nn import load_model
+def made_for(config: Config, ds) -> dict:
+    """What a model trained here is for (stored in model.pt and checkpoints; `closure.nn.io.check_made_for`)."""
+    from closure.data.dataset import dataset_identity
 
-    path = Path(init)
-    if path.is_dir():
-        path = path / "model.pt"
-    return load_model(path, map_location=device).to(dtype=dtype)
+    return {"equation": config.system.equation, "les_resolution": int(config.les.resolution),
+            "length": float(config.system.length), "field": field_variable(ds), "dataset": dataset_identity(ds)}
+
+
+def _load_init(init, device, dtype, expect: Optional[dict] = None) -> nn.Module:
+    """The model of run directory (or model file) ``init``, checked against ``expect`` (its dataset may differ)."""
+    from closure.nn import load_model
+    from closure.nn.io import model_file
+
+    expect = {k: v for k, v in (expect or {}).items() if k != "dataset"}
+    return load_model(model_file(init), map_location=device, expect=expect).to(dtype=dtype)
+
+
+CHECKPOINT_KEYS = ("config", "model", "best_model", "optimizer", "scheduler", "state", "rng")
+
+
+def _read_checkpoint(path: Path, config: Config, config_yaml: str, dataset: str) -> dict:
+    """The checkpoint at ``path``, checked: readable, complete, same config, same dataset."""
+    if not path.is_file():
+        raise ClosureError(f"{path}: no checkpoint to resume from")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ClosureError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ClosureError(f"{path}: not a training checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        raise ClosureError(f"{path}: damaged checkpoint (missing {', '.join(missing)}); start a fresh run without --resume")
+    if checkpoint["config"] != config_yaml:
+        stored = config_from_yaml(checkpoint["config"], f"{path} (stored config)").model_dump()
+        diff = _first_difference(stored, config.model_dump())
+        raise ClosureError(f"{path}: --resume needs the same config as the interrupted run ({diff} differs)")
+    stored_data = checkpoint.get("dataset")
+    if stored_data is not None and stored_data != dataset:
+        raise ClosureError(f"{path}: the interrupted run trained on another dataset (identity {str(stored_data)[:20]}, "
+                           f"--data has {dataset}); --resume needs the same --data")
+    return checkpoint
 
 
 def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, init, callback, block_snapshots,
@@ -379,19 +414,9 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = None
+    purpose = made_for(config, ds)
     if resume:
-        if not ckpt_path.is_file():
-            raise ClosureError(f"{ckpt_path}: no checkpoint to resume from")
-        try:
-            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ClosureError(f"{ckpt_path}: unreadable checkpoint ({type(exc).__name__})") from None
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise ClosureError(f"{ckpt_path}: not a training checkpoint")
-        if checkpoint["config"] != config_yaml:
-            stored = config_from_yaml(checkpoint["config"]).model_dump()
-            diff = _first_difference(stored, config.model_dump())
-            raise ClosureError(f"{ckpt_path}: --resume needs the same config as the interrupted run ({diff} differs)")
+        checkpoint = _read_checkpoint(ckpt_path, config, config_yaml, purpose["dataset"])
     elif main and ckpt_path.exists():
         log.warning("%s: starting a fresh run over an existing one (use --resume to continue it)", run_dir)
 
@@ -409,7 +434,7 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
     # model and normalization ---------------------------------------------------------------
     _seed_everything(config.seed)
     if init is not None and checkpoint is None:
-        model = _load_init(init, device, dtype)
+        model = _load_init(init, device, dtype, purpose)
     else:
         model = build_model(config.model, ndim, length=config.system.length, dtype=dtype, device=device)
     core = closure_core(model)
@@ -462,12 +487,16 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
              "history": [], "seconds": 0.0, "normalization": normalization}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        best_state = {k: v.to(device) for k, v in checkpoint["best_model"].items()}
-        state.update(json.loads(checkpoint["state"]))
-        _set_rng_state(checkpoint["rng"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            best_state = {k: v.to(device) for k, v in checkpoint["best_model"].items()}
+            state.update(json.loads(checkpoint["state"]))
+            _set_rng_state(checkpoint["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
+            raise ClosureError(f"{ckpt_path}: damaged checkpoint ({type(exc).__name__}); "
+                               "start a fresh run without --resume") from None
         if main:
             log.info("resuming %s after epoch %d", run_dir, state["epoch"])
 
@@ -519,7 +548,8 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
             bar.set_postfix(loss=row["train_loss"], val=val_loss, epoch=epoch + 1)
             if main and (state["epoch"] % tc.checkpoint_every == 0 or state["epoch"] == tc.epochs
                          or state["stopped_early"]):
-                _save_checkpoint(ckpt_path, config_yaml, model, optimizer, scheduler, best_state, state)
+                _save_checkpoint(ckpt_path, config_yaml, model, optimizer, scheduler, best_state, state,
+                                 purpose["dataset"])
                 _write_history(run_dir / "history.csv", state["history"])
             if main:
                 log.info("epoch %d/%d: train %.4g, validation %.4g (%.1f s)", epoch + 1, tc.epochs,
@@ -546,10 +576,12 @@ def _first_difference(a, b, prefix="") -> str:
     return prefix.rstrip(".") or "config"
 
 
-def _save_checkpoint(path: Path, config_yaml: str, model, optimizer, scheduler, best_state, state) -> None:
+def _save_checkpoint(path: Path, config_yaml: str, model, optimizer, scheduler, best_state, state,
+                     dataset: str) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": config_yaml,
+        "dataset": dataset,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "best_model": {k: v.detach().cpu() for k, v in best_state.items()},
         "optimizer": optimizer.state_dict(),
@@ -594,6 +626,7 @@ def _finish(config, ds, run_dir, model, state, splits, splits_doc, data_source, 
         "config": config_to_yaml(config),
         "equation": config.system.equation,
         "dataset": data_source,
+        "made_for": made_for(config, ds),
         "splits": json.dumps(splits_doc),
         "best_epoch": int(state["best_epoch"]),
         "validation_loss": float(state["best_loss"]),
