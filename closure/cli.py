@@ -24,13 +24,16 @@ unless ``--overwrite`` is given (docs/reliability.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from closure.errors import ClosureError
+from closure.storage import output_lock
 
 log = logging.getLogger("closure")
 
@@ -55,6 +58,13 @@ def _require_file(path, what: str) -> Path:
     return p
 
 
+def _lock(output):
+    """The output's lock (`closure.storage.output_lock`), taken by rank 0 only under torchrun."""
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return contextlib.nullcontext(output)
+    return output_lock(output)
+
+
 def _refuse_inputs(output, *inputs, what="output"):
     from closure.storage import refuse_input_as_output
 
@@ -74,12 +84,11 @@ def cmd_generate(args) -> int:
     config = _load(args)
     from closure.data.generation import default_output, generate
     from closure.pipeline import dataset_made_elsewise, refuse_replacing
-    from closure.storage import output_lock
 
     output = Path(args.output) if args.output else default_output(config)
     _refuse_inputs(output, args.config)
     kwargs = {"progress": False} if getattr(args, "quiet", False) else {}
-    with output_lock(output):
+    with _lock(output):
         refuse_replacing(output, dataset_made_elsewise(config, output), args.overwrite)
         path = generate(config, output, scheduler=args.scheduler, workers=args.workers, **kwargs)
     print(path)
@@ -94,10 +103,9 @@ def cmd_train(args) -> int:
     run_dir = Path(args.output) if args.output else Path("runs") / _stem(args.config) / "train"
     _refuse_inputs(run_dir, data, args.init, args.config)
     from closure.pipeline import refuse_replacing, training_made_elsewise
-    from closure.storage import output_lock
     from closure.training.trainer import train
 
-    with output_lock(run_dir):
+    with _lock(run_dir):
         if not args.resume:
             refuse_replacing(run_dir, training_made_elsewise(config, run_dir), args.overwrite)
         result = train(config, data, run_dir, resume=args.resume, init=args.init)
@@ -119,7 +127,6 @@ def cmd_les(args) -> int:
         return 0
     from closure.les.baselines import BASELINES, is_baseline
     from closure.les.coupled import made_by, run_les
-    from closure.storage import output_lock
 
     if not is_baseline(model) and not Path(model).is_dir():
         raise ClosureError(f"--model {model}: neither a baseline ({', '.join(BASELINES)}, or a + sum), "
@@ -128,7 +135,7 @@ def cmd_les(args) -> int:
     model_file = Path(model) / "model.pt" if not is_baseline(model) else None
     _refuse_inputs(output, data, model_file, args.config)
 
-    with output_lock(output):
+    with _lock(output):
         if output.exists() and not args.overwrite and not made_by(output, config, model, data):
             raise ClosureError(f"{output}: exists and was not run with this model, dataset and run settings; "
                                "give --overwrite to replace it, or choose another output")
@@ -142,9 +149,8 @@ def cmd_evaluate(args) -> int:
     runs = [_require_file(r, "LES file") for r in args.runs]
     _refuse_inputs(args.output, reference, *runs)
     from closure.evaluation.compare import evaluate
-    from closure.storage import output_lock
 
-    with output_lock(args.output):
+    with _lock(args.output):
         result = evaluate(reference, runs, Path(args.output))
     if isinstance(result, dict):
         print(_metrics_table(result))
@@ -184,9 +190,8 @@ def cmd_pipeline(args) -> int:
     out_dir = Path(args.output) if args.output else Path("runs") / _stem(args.config)
     _refuse_inputs(out_dir, args.config)
     from closure.pipeline import pipeline
-    from closure.storage import output_lock
 
-    with output_lock(out_dir):
+    with _lock(out_dir):
         result = pipeline(config, out_dir, config_path=Path(args.config), overwrite=args.overwrite)
     metrics_file = Path(result).parent / "metrics.json" if result is not None else None
     if metrics_file is not None and metrics_file.is_file():
@@ -202,10 +207,9 @@ def cmd_sweep(args) -> int:
     config = _load(args)
     data = _require_file(args.data, "dataset file")
     _refuse_inputs(args.output, data, args.config)
-    from closure.storage import output_lock
     from closure.study.normalization import sweep
 
-    with output_lock(args.output):
+    with _lock(args.output):
         result = sweep(config, data, Path(args.output), scheduler=args.scheduler, workers=args.workers)
     print(result if result is not None else args.output)
     return 0

@@ -16,7 +16,6 @@ import torch
 import xarray as xr
 import yaml
 
-from closure import storage
 from closure.cli import main
 from closure.config import config_from_dict, load_config
 from closure.data import dataset as ds_io
@@ -101,8 +100,8 @@ def test_evaluate_refuses_an_les_of_another_reference(tiny_config, tiny_dataset,
     _one_line(status, capsys.readouterr().err, "none.nc", "another dataset", "seed1.nc")
     with xr.open_dataset(les) as ds:  # an LES file without the identity: its stored config decides
         ds = ds.load()
-    del ds.attrs["reference_identity"]
-    storage.write_with(tmp_path / "old.nc", lambda tmp: ds.to_netcdf(tmp))
+    ds.attrs.pop("reference_identity", None)
+    ds.to_netcdf(tmp_path / "old.nc")
     from closure.evaluation.compare import evaluate
 
     with pytest.raises(ClosureError, match="seed section differs"):
@@ -128,6 +127,7 @@ def test_resume_with_another_dataset_is_refused(tiny_config, trained, other_seed
     ("seed: 100000000000000000000\n", "seed"),
     ("dns: {resolution: 10000000}\n", "dns.resolution"),
     ("dns: {dt: 1.0e-300}\n", "steps"),
+    ("dns: {dt: .inf, spinup_time: 0, sample_interval: .inf}\n", "dns.dt"),
     ("seed: 1\nseed: 2\n", "duplicate key 'seed' at line 2"),
 ])
 def test_config_hardening(tmp_path, text, fragment):
@@ -284,6 +284,8 @@ def test_pipeline_resumes_an_interrupted_training(tiny_config, tmp_path, monkeyp
 def test_every_output_of_evaluate_is_written_atomically(tiny_config, tiny_dataset, tmp_path, monkeypatch):
     from closure.evaluation.compare import evaluate
     from closure.les.coupled import run_les
+
+    from closure import storage
 
     les = run_les(config_from_dict(tiny_config), "none", tiny_dataset, tmp_path / "none.nc", show_progress=False)
     written = []
