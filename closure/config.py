@@ -343,7 +343,8 @@ def _format_error(err: ValidationError, source: str) -> str:
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     value = first.get("input")
-    shown = "" if isinstance(value, dict) or first["type"] in ("extra_forbidden", "missing") else f" (got {echo(value)})"
+    quiet = isinstance(value, dict) or first["type"] in ("extra_forbidden", "missing")
+    shown = "" if quiet else f" (got {echo(value)})"
     prefix = f"{source}: " if source else ""
     return f"{prefix}{echo_text(where, 100) + ': ' if where else ''}{echo_text(msg, 300)}{shown}"
 
@@ -469,6 +470,15 @@ def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> Conf
     config = config_from_dict(apply_overrides(raw, overrides or []), str(path))
     config._source = str(path)
     return config
+
+
+def first_difference(a, b, prefix: str = "") -> str:
+    """The dotted key of the first difference between two config mappings (``config`` if none is nested)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "config"
 
 
 def config_to_dict(config: Config) -> dict:

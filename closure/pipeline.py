@@ -44,7 +44,7 @@ from typing import Optional, Union
 import yaml
 
 from closure.les.baselines import is_baseline
-from closure.config import Config, config_to_dict, config_to_yaml
+from closure.config import Config, config_to_dict, config_to_yaml, first_difference
 from closure import storage
 from closure.errors import ClosureError
 
@@ -92,14 +92,6 @@ def _relevant(d: dict, sections) -> dict:
     return {k: d.get(k) for k in sections}
 
 
-def _first_difference(a, b, prefix: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    return prefix.rstrip(".") or "config"
-
-
 def dataset_made_elsewise(config: Config, path: Path) -> Optional[str]:
     """Why the existing file ``path`` is not the dataset of ``config`` (None if absent or the same)."""
     if not path.exists() or dataset_is_current(config, path):
@@ -114,7 +106,8 @@ def dataset_made_elsewise(config: Config, path: Path) -> Optional[str]:
     except (OSError, ValueError, RuntimeError, ClosureError):
         return "it is not a readable closure dataset"
     keep = ("seed", "dtype", "system", "initial", "dns", "les", "data")
-    return f"it was generated from another config ({_first_difference(_relevant(stored, keep), _relevant(config_to_dict(config), keep))} differs)"
+    key = first_difference(_relevant(stored, keep), _relevant(config_to_dict(config), keep))
+    return f"it was generated from another config ({key} differs)"
 
 
 def training_made_elsewise(config: Config, run_dir: Path) -> Optional[str]:
@@ -130,7 +123,8 @@ def training_made_elsewise(config: Config, run_dir: Path) -> Optional[str]:
         return f"its {stored_file.name} is not a config"
     new = config_to_dict(config)
     if _relevant(old, TRAIN_SECTIONS) != _relevant(new, TRAIN_SECTIONS):
-        return f"it was trained with another config ({_first_difference(_relevant(old, TRAIN_SECTIONS), _relevant(new, TRAIN_SECTIONS))} differs)"
+        key = first_difference(_relevant(old, TRAIN_SECTIONS), _relevant(new, TRAIN_SECTIONS))
+        return f"it was trained with another config ({key} differs)"
     return None
 
 

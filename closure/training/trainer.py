@@ -49,15 +49,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from closure.config import (Config, config_from_dict, config_from_yaml, config_to_yaml, load_config,
-                            resolve_device, resolve_dtype)
+from closure.config import (Config, config_from_dict, config_from_yaml, config_to_yaml, first_difference,
+                            load_config, resolve_device, resolve_dtype)
 from closure import storage
 from closure.errors import ClosureError
 from closure.progress import log, progress
 from closure.data.streaming import (Prefetcher, SampleStream, channel_statistics, closure_core, dataset_statistics,
                                field_variable, is_point_model, load_block, plan_blocks)
 
-__all__ = ["train", "made_for", "check_dataset", "learning_rate_factor", "launch_local", "TrainingInterrupted"]
+__all__ = ["train", "made_for_run", "check_dataset", "learning_rate_factor", "launch_local", "TrainingInterrupted"]
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "closure.training.trainer/1"
@@ -357,7 +357,7 @@ def train(config, data, run_dir: Union[str, os.PathLike, None] = None, *, resume
         ds.close()
 
 
-def made_for(config: Config, ds) -> dict:
+def made_for_run(config: Config, ds) -> dict:
     """What a model trained here is for (stored in model.pt and checkpoints; `closure.nn.io.check_made_for`)."""
     from closure.data.dataset import dataset_identity
 
@@ -389,10 +389,11 @@ def _read_checkpoint(path: Path, config: Config, config_yaml: str, dataset: str)
         raise ClosureError(f"{path}: not a training checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
     if missing:
-        raise ClosureError(f"{path}: damaged checkpoint (missing {', '.join(missing)}); start a fresh run without --resume")
+        raise ClosureError(f"{path}: damaged checkpoint (missing {', '.join(missing)}); "
+                           "start a fresh run without --resume")
     if checkpoint["config"] != config_yaml:
         stored = config_from_yaml(checkpoint["config"], f"{path} (stored config)").model_dump()
-        diff = _first_difference(stored, config.model_dump())
+        diff = first_difference(stored, config.model_dump())
         raise ClosureError(f"{path}: --resume needs the same config as the interrupted run ({diff} differs)")
     stored_data = checkpoint.get("dataset")
     if stored_data is not None and stored_data != dataset:
@@ -414,7 +415,7 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = None
-    purpose = made_for(config, ds)
+    purpose = made_for_run(config, ds)
     if resume:
         checkpoint = _read_checkpoint(ckpt_path, config, config_yaml, purpose["dataset"])
     elif main and ckpt_path.exists():
@@ -568,14 +569,6 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
     return run_dir
 
 
-def _first_difference(a, b, prefix="") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    return prefix.rstrip(".") or "config"
-
-
 def _save_checkpoint(path: Path, config_yaml: str, model, optimizer, scheduler, best_state, state,
                      dataset: str) -> None:
     payload = {
@@ -626,7 +619,7 @@ def _finish(config, ds, run_dir, model, state, splits, splits_doc, data_source, 
         "config": config_to_yaml(config),
         "equation": config.system.equation,
         "dataset": data_source,
-        "made_for": made_for(config, ds),
+        "made_for": made_for_run(config, ds),
         "splits": json.dumps(splits_doc),
         "best_epoch": int(state["best_epoch"]),
         "validation_loss": float(state["best_loss"]),

@@ -165,7 +165,7 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
     from closure.progress import log, progress
     from closure.data.streaming import closure_core, dataset_statistics, field_variable
     from closure.training.trainer import (_as_config, _finish, _load_init, _open, _plot_history, _seed_everything,
-                               _write_text, check_dataset, default_run_dir, learning_rate_factor, made_for,
+                               _write_text, check_dataset, default_run_dir, learning_rate_factor, made_for_run,
                                optimizer_step)
 
     config = _as_config(config)
@@ -191,7 +191,7 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
 
     _seed_everything(config.seed)
     if init is not None:
-        model = _load_init(init, device, dtype, made_for(config, ds))
+        model = _load_init(init, device, dtype, made_for_run(config, ds))
     else:
         model = build_model(config.model, config.system.ndim, length=config.system.length, dtype=dtype, device=device)
         stats = dataset_statistics(ds, splits["train"])
