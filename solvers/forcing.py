@@ -262,9 +262,14 @@ class BandForcing(Forcing):
 def solenoidal_projection(velocity_hat: torch.Tensor, grid: SpectralGrid) -> torch.Tensor:
     """Leray projection ``u_hat - k (k . u_hat) / |k|^2`` of a spectral vector field ``(..., ndim, *spectral_shape)``.
 
-    The mean mode is kept; the components are ordered as the grid's directions (x first).
+    The wavenumbers are those of first derivatives (a Nyquist component is zero, as in
+    ``grid.gradient_operators``), so that the spectral divergence of the result vanishes
+    exactly; modes whose wavenumber is then zero (the mean) are kept. The components are
+    ordered as the grid's directions (x first).
     """
-    ks = grid.wavenumbers
+    ks = tuple((ik / 1j).real for ik in grid.gradient_operators)
     axis = -grid.ndim - 1
-    k_dot_u = sum(k * velocity_hat.select(axis, i) for i, k in enumerate(ks)) * grid.inverse_k2
+    k2 = sum(k ** 2 for k in ks)
+    inverse = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
+    k_dot_u = sum(k * velocity_hat.select(axis, i) for i, k in enumerate(ks)) * inverse
     return velocity_hat - torch.stack([k * k_dot_u for k in ks], dim=axis)

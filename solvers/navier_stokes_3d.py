@@ -20,7 +20,9 @@ mode of ``N`` is zero (a periodic flow exerts no net force on itself). A stage
 costs 6 inverse and 3 forward real 3D FFTs, pruned to the kept x columns
 ``m_x <= n // 3`` (``rfft`` on the last axis). The linear part
 ``-nu |k|^2 - drag`` (plus a linear forcing's coefficient) is diagonal and acts on
-each component; it keeps a divergence-free field divergence-free.
+each component; it keeps a divergence-free field divergence-free. A closure's
+tendency is projected too (``explicit_hat``), so the LES stays divergence-free
+whatever the closure returns.
 """
 
 from __future__ import annotations
@@ -97,6 +99,20 @@ class NavierStokes3D(SpectralEquation):
         c_hat = self._forward_kept(torch.linalg.cross(u, omega, dim=-4))
         out = self._project_kept(c_hat, self._mask_no_mean)
         return torch.nn.functional.pad(out, (0, n // 2 + 1 - kept))
+
+    def explicit_hat(self, state_hat: torch.Tensor, t: float = 0.0, closure=None) -> torch.Tensor:
+        """``N(u) + f(t) + P(k) closure(u)``: a closure's tendency is projected onto
+        divergence-free fields (the pressure takes up its gradient part)."""
+        out = super().explicit_hat(state_hat, t, None)
+        if closure is not None:
+            g = self.grid
+            out = out + solenoidal_projection(g.to_spectral(closure(g.to_physical(state_hat))), g)
+        return out
+
+    def tendency(self, state: torch.Tensor, closure=None, t: float = 0.0) -> torch.Tensor:
+        """The full right-hand side ``L u + N(u) + f + P closure(u)`` in physical space."""
+        self.check_state(state)
+        return self.grid.to_physical(self.tendency_hat(self.grid.to_spectral(state), t, closure))
 
     # ------------------------------------------------------------------ fields
     def project(self, velocity: torch.Tensor) -> torch.Tensor:

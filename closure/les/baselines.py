@@ -499,6 +499,8 @@ def classical_closure(name: str, les_equation, config=None, smagorinsky_cs: Opti
     cl = leith_cl if leith_cl is not None else (run.leith_cl if run is not None else 0.2)
     if name == "none":
         return NoClosure()
+    if les_equation.grid.ndim == 3:
+        return _velocity_closure(name, les_equation, les, cs, dynamic_scale)
     if name == "smagorinsky":
         return Smagorinsky.for_equation(les_equation, cs=cs)
     if name == "leith":
@@ -511,6 +513,20 @@ def classical_closure(name: str, les_equation, config=None, smagorinsky_cs: Opti
             return DynamicSmagorinsky.for_filter(les_equation, les.filter, averaging=averaging, scale=dynamic_scale)
         return DynamicSmagorinsky.for_equation(les_equation, averaging=averaging, scale=dynamic_scale)
     raise ClosureError(f"model {name!r} is not one of {', '.join(BASELINES)}")
+
+
+def _velocity_closure(name: str, les_equation, les, cs: float, dynamic_scale: float) -> nn.Module:
+    """The 3D velocity-form closures (`closure.les.baselines_3d`)."""
+    # imported here: the 3D module builds on this one (Closure, dynamic_widths)
+    from closure.les.baselines_3d import DynamicSmagorinsky3D, Smagorinsky3D
+
+    if name == "smagorinsky":
+        return Smagorinsky3D.for_equation(les_equation, cs=cs)
+    if name in ("dynamic_smagorinsky", "dynamic"):
+        if les is not None:
+            return DynamicSmagorinsky3D.for_filter(les_equation, les.filter, scale=dynamic_scale)
+        return DynamicSmagorinsky3D.for_equation(les_equation, scale=dynamic_scale)
+    raise ClosureError(f"model {name!r} is not available in 3D (choose none, smagorinsky or dynamic_smagorinsky)")
 
 
 def make_closure(name: str, les_equation, config=None, model_dir: Optional[str | Path] = None) -> nn.Module:

@@ -46,7 +46,7 @@ def periodic_pad(x: torch.Tensor, r: int, ndim: int) -> torch.Tensor:
 
 def periodic_conv(x: torch.Tensor, weight: torch.Tensor, ndim: int) -> torch.Tensor:
     """Periodic ('circular') convolution, output on the input grid."""
-    conv = F.conv1d if ndim == 1 else F.conv2d
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[ndim]
     return conv(periodic_pad(x, weight.shape[-1] // 2, ndim), weight)
 
 
@@ -162,10 +162,12 @@ class ConvClosure(FieldClosure):
     ):
         super().__init__(ndim, features, length)
         self.stencil = check_stencil(stencil)
-        self.net = MeanFieldCNN(self.ndim, self.n_channels, hidden, 1, gammas, activation, self.stencil, **cnn_options)
+        self.net = MeanFieldCNN(self.ndim, self.n_channels, hidden, self.out_channels, gammas, activation,
+                                self.stencil, **cnn_options)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+        y = self.net(x)
+        return y if self.ndim == 3 else y.squeeze(1)  # 3D: the three SGS components
 
     def architecture(self) -> dict:
         net = self.net.architecture()["kwargs"]

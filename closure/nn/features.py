@@ -1,7 +1,10 @@
 """Closure models on periodic fields: input features and stored normalization.
 
-A ``FieldClosure`` maps a raw physical state, shape (batch, n) in 1D or
-(batch, ny, nx) in 2D, to the SGS tendency of the same shape:
+A ``FieldClosure`` maps a raw physical state, shape (batch, n) in 1D,
+(batch, ny, nx) in 2D or the velocity (batch, 3, nz, ny, nx) in 3D, to the SGS
+tendency of the same shape (in 3D the three velocity components are the input
+channels and the three SGS components the outputs; one output scale for all,
+as the statistics are isotropic):
 
     channels = [field, derived features...]                (batch, C, *grid)
     x        = (channels - input_mean) / input_std          per channel
@@ -11,7 +14,8 @@ A ``FieldClosure`` maps a raw physical state, shape (batch, n) in 1D or
 The statistics are buffers, so a saved state_dict carries them. Derived
 features are computed spectrally on the periodic domain [0, length)^d:
 
-    gradient            1D: u_x;  2D: (f_x, f_y)
+    gradient            1D: u_x;  2D: (f_x, f_y);  3D: the velocity gradient d_j u_i
+                        (9 channels, i-major)
     laplacian           f_xx (+ f_yy)
     velocity_gradient   2D vorticity only: psi_hat = omega_hat / |k|^2,
                         u = psi_y, v = -psi_x (so omega = v_x - u_y);
@@ -34,9 +38,11 @@ from torch import nn
 from closure.nn.meanfield import ArchitectureError
 
 DERIVED_FEATURES = {1: ("gradient", "laplacian", "dealias_residual"),
-                    2: ("gradient", "laplacian", "velocity_gradient", "dealias_residual")}
-FEATURE_CHANNELS = {"gradient": lambda ndim: ndim, "laplacian": lambda ndim: 1, "velocity_gradient": lambda ndim: 3,
-                    "dealias_residual": lambda ndim: 1}
+                    2: ("gradient", "laplacian", "velocity_gradient", "dealias_residual"),
+                    3: ("gradient",)}
+FEATURE_CHANNELS = {"gradient": lambda ndim: ndim if ndim < 3 else 9, "laplacian": lambda ndim: 1,
+                    "velocity_gradient": lambda ndim: 3, "dealias_residual": lambda ndim: 1}
+FIELD_CHANNELS = {1: 1, 2: 1, 3: 3}  # the state's own channels: a scalar field, or the 3D velocity
 _EQUATIONS: dict = {}
 
 
@@ -71,8 +77,9 @@ STD_FLOOR = 1e-12
 
 
 def check_ndim(ndim: int) -> int:
-    if ndim not in (1, 2):
-        raise ArchitectureError(f"ndim={ndim!r}: closures exist for 1D (Burgers) and 2D (vorticity) fields")
+    if ndim not in (1, 2, 3):
+        raise ArchitectureError(f"ndim={ndim!r}: closures exist for 1D (Burgers), 2D (vorticity) and 3D "
+                                "(velocity) fields")
     return int(ndim)
 
 
@@ -134,8 +141,23 @@ def _spectral_2d(f: torch.Tensor, length: float, features: Sequence[str]) -> lis
     return out
 
 
+def _spectral_3d(u: torch.Tensor, length: float, features: Sequence[str]) -> list[torch.Tensor]:
+    """Derived channels of a velocity (batch, 3, nz, ny, nx): ``gradient`` -> d_j u_i, i-major."""
+    nz, ny, nx = u.shape[-3:]
+    ks = [_wavenumbers(nx, length, u, real=True)[None, None, :], _wavenumbers(ny, length, u, real=False)[None, :, None],
+          _wavenumbers(nz, length, u, real=False)[:, None, None]]
+    u_hat = torch.fft.rfftn(u, dim=(-3, -2, -1))
+    out = []
+    for _ in features:  # "gradient" (the only 3D feature)
+        grad = torch.stack([1j * k * u_hat for k in ks], dim=2)  # (batch, 3 (i), 3 (j), ...)
+        out.append(torch.fft.irfftn(grad, s=(nz, ny, nx), dim=(-3, -2, -1)).flatten(1, 2))
+    return out
+
+
 def feature_channels(state: torch.Tensor, ndim: int, features: Sequence[str], length: float) -> torch.Tensor:
     """Stack [field, derived features...] as channels: (batch, C, *grid)."""
+    if ndim == 3:
+        return torch.cat([state] + _spectral_3d(state, length, features), dim=1)
     derived = _spectral_1d(state, length, features) if ndim == 1 else _spectral_2d(state, length, features)
     return torch.stack([state] + derived, dim=1)
 
@@ -162,14 +184,21 @@ class FieldClosure(nn.Module):
 
     @property
     def n_channels(self) -> int:
-        return 1 + sum(FEATURE_CHANNELS[name](self.ndim) for name in self.features)
+        return FIELD_CHANNELS[self.ndim] + sum(FEATURE_CHANNELS[name](self.ndim) for name in self.features)
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels: 1 for a scalar field, 3 for the 3D velocity's SGS term."""
+        return FIELD_CHANNELS[self.ndim]
 
     def channels(self, state: torch.Tensor) -> torch.Tensor:
         """Raw physical input channels (batch, C, *grid)."""
         return feature_channels(state, self.ndim, self.features, self.length)
 
     def _check_state(self, state: torch.Tensor, what: str = "state") -> None:
-        if state.dim() != self.ndim + 1:
+        if self.ndim == 3 and (state.dim() != 5 or state.shape[1] != 3):
+            raise ValueError(f"{what} has shape {tuple(state.shape)}; a 3D closure expects (batch, 3, nz, ny, nx)")
+        if self.ndim < 3 and state.dim() != self.ndim + 1:
             layout = "(batch, n)" if self.ndim == 1 else "(batch, ny, nx)"
             raise ValueError(f"{what} has shape {tuple(state.shape)}; a {self.ndim}D closure expects {layout}")
 

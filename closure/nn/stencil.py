@@ -84,6 +84,8 @@ class StencilClosure(FieldClosure):
         **mlp_options,
     ):
         super().__init__(ndim, features, length)
+        if self.ndim == 3:
+            raise ArchitectureError("model.type 'mlp' (a stencil network) is 1D/2D only; use model.type 'cnn' in 3D")
         self.stencil = check_stencil(stencil)
         in_features = self.n_channels * self.stencil**self.ndim
         self.net = MeanFieldMLP(in_features, hidden, 1, gammas, activation, **mlp_options)
