@@ -116,7 +116,7 @@ def compare(field: np.ndarray, ref: np.ndarray, times: np.ndarray, ndim: int, le
     """The metrics of one run ``field (trajectory, time, *grid)`` against ``ref`` of the same shape."""
     field = np.asarray(field, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
-    axes = tuple(range(-ndim, 0))
+    axes = M.field_axes(ndim)
     with np.errstate(invalid="ignore", over="ignore"):
         finite = np.all(np.isfinite(field), axis=axes)  # (trajectory, time)
     t_rel = times - times[0]
@@ -130,6 +130,10 @@ def compare(field: np.ndarray, ref: np.ndarray, times: np.ndarray, ndim: int, le
         out["spectrum_error_low_k"] = M.spectrum_error(E[low], E_ref[low])
         out["spectrum_error_high_k"] = M.spectrum_error(E[~low], E_ref[~low]) if (~low).any() else float("nan")
         out["pdf_distance"] = M.hellinger(M.histogram(field[finite], edges), M.histogram(ref[finite], edges))
+        if ndim == 3:  # the PDF of the longitudinal velocity gradients (its skewness is the cascade's signature)
+            g, g_ref = M.longitudinal_gradients(field[finite], length), M.longitudinal_gradients(ref[finite], length)
+            g_edges = M.pdf_edges(g_ref)
+            out["gradient_pdf_distance"] = M.hellinger(M.histogram(g, g_edges), M.histogram(g_ref, g_edges))
     else:
         E = np.full(field.shape[-1] // 2 - 1, np.nan)
         for key in ("spectrum_error", "spectrum_error_low_k", "spectrum_error_high_k", "pdf_distance"):
@@ -225,7 +229,7 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
     ref_ds = ds_io.open_dataset(reference)
     equation = ref_ds.attrs["equation"]
     var = ds_io.field_name(equation)
-    ndim = 1 if equation == "burgers_1d" else 2
+    ndim = len(ds_io.spatial_dims(equation))
     length = float(ref_ds.attrs["length"])
     ref_times = np.asarray(ref_ds["time"].values, dtype=np.float64)
     ref_ids = [int(i) for i in np.asarray(ref_ds["trajectory"].values)]
@@ -300,6 +304,7 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
             "spectrum_error_high_k": m["spectrum_error_high_k"],
             "pdf_distance": m["pdf_distance"],
             "decorrelation_time": m["decorrelation_time"],
+            **({"gradient_pdf_distance": m.get("gradient_pdf_distance")} if ndim == 3 else {}),
             "blowups": len(blowups),
             "similarity": None,
             "cost_ratio": cost,
@@ -348,6 +353,8 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
         r["similarity"] = {
             "spectrum_error": M.similarity(r["spectrum_error"], base["spectrum_error"]),
             "pdf_distance": M.similarity(r["pdf_distance"], base["pdf_distance"]),
+            **({"gradient_pdf_distance": M.similarity(r["gradient_pdf_distance"], base["gradient_pdf_distance"])}
+               if ndim == 3 else {}),
             "decorrelation_time": M.similarity(lost(r, extras[name]), lost(base, extras["none"])),
         }
 

@@ -1,7 +1,13 @@
 """A-posteriori metrics of an LES against the filtered DNS (numpy, batched over leading axes).
 
-Fields are ``(..., n)`` (1D velocity) or ``(..., n, n)`` (2D vorticity, ``[y, x]``)
-on ``[0, length)^d``. Wavenumbers are integer mode numbers.
+Fields are ``(..., n)`` (1D velocity), ``(..., n, n)`` (2D vorticity, ``[y, x]``)
+or ``(..., 3, n, n, n)`` (3D velocity, components (u_x, u_y, u_z), ``[z, y, x]``) on
+``[0, length)^d``. Wavenumbers are integer mode numbers. In 3D the spectrum sums
+``|u_hat|^2 / 2`` of the three components over the shells, the PDFs pool the
+components, the correlation runs over components and space, the "enstrophy" is
+``<|omega|^2>/2``, and `longitudinal_gradients` gives the samples of the
+velocity-gradient PDF (``du/dx``, ``dv/dy``, ``dw/dz``: negatively skewed in
+turbulence).
 
 - `energy_spectrum`: the kinetic-energy spectrum ``E(k)``, ``k = 1..n/2 - 1`` (the
   LES cutoff ``k_les``: the LES grid's Nyquist mode is zero by construction).
@@ -30,7 +36,8 @@ import numpy as np
 
 __all__ = [
     "wavenumbers", "energy_spectrum", "spectrum_error", "pdf_edges", "histogram", "hellinger", "pearson",
-    "decorrelation_times", "energy", "enstrophy", "similarity", "THRESHOLD",
+    "decorrelation_times", "energy", "enstrophy", "similarity", "THRESHOLD", "longitudinal_gradients",
+    "field_axes",
 ]
 
 THRESHOLD = 0.95
@@ -38,6 +45,40 @@ THRESHOLD = 0.95
 
 def _ndim_of(field: np.ndarray, ndim: Optional[int]) -> int:
     return ndim if ndim is not None else (1 if field.ndim <= 2 else 2)
+
+
+def field_axes(ndim: int) -> tuple[int, ...]:
+    """The trailing axes of one field: the grid's, and the component axis in 3D."""
+    return tuple(range(-(ndim + 1 if ndim == 3 else ndim), 0))
+
+
+def _modes_3d(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mode numbers ``(mx, my, mz)`` broadcast on a full 3D FFT grid ``[z, y, x]``, Nyquist zeroed."""
+    m = np.fft.fftfreq(n, 1.0 / n)
+    m = np.where(np.abs(m) == n // 2, 0.0, m)
+    return m[None, None, :], m[None, :, None], m[:, None, None]
+
+
+def _spectrum_3d(field: np.ndarray, kmax: int) -> np.ndarray:
+    n = field.shape[-1]
+    f_hat = np.fft.fftn(field, axes=(-3, -2, -1)) / n ** 3
+    density = 0.5 * (np.abs(f_hat) ** 2).sum(axis=-4)
+    m = np.fft.fftfreq(n, 1.0 / n)
+    shell = np.rint(np.sqrt(m[None, None, :] ** 2 + m[None, :, None] ** 2 + m[:, None, None] ** 2)).astype(int)
+    flat, index = density.reshape(density.shape[:-3] + (-1,)), shell.reshape(-1)
+    return np.stack([flat[..., index == k].sum(axis=-1) for k in range(1, kmax + 1)], axis=-1)
+
+
+def longitudinal_gradients(field: np.ndarray, length: float = 2 * math.pi) -> np.ndarray:
+    """``(du/dx, dv/dy, dw/dz)`` of 3D velocities ``(..., 3, n, n, n)`` (spectral), same shape."""
+    field = np.asarray(field, dtype=np.float64)
+    n = field.shape[-1]
+    scale = 2 * math.pi / length
+    out = np.empty_like(field)
+    for i, m in enumerate(_modes_3d(n)):
+        f_hat = np.fft.fftn(field[..., i, :, :, :], axes=(-3, -2, -1))
+        out[..., i, :, :, :] = np.real(np.fft.ifftn(1j * m * scale * f_hat, axes=(-3, -2, -1)))
+    return out
 
 
 def wavenumbers(n: int) -> np.ndarray:
@@ -51,6 +92,8 @@ def energy_spectrum(field: np.ndarray, ndim: Optional[int] = None, length: float
     ndim = _ndim_of(field, ndim)
     n = field.shape[-1]
     kmax = n // 2 - 1
+    if ndim == 3:
+        return _spectrum_3d(field, kmax)
     if ndim == 1:
         f_hat = np.fft.fft(field, axis=-1) / n
         power = np.abs(f_hat) ** 2
@@ -120,7 +163,7 @@ def pearson(a: np.ndarray, b: np.ndarray, ndim: Optional[int] = None) -> np.ndar
     """Pearson correlation over the trailing ``ndim`` spatial axes (NaN where a field is non-finite)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     ndim = _ndim_of(a, ndim)
-    axes = tuple(range(-ndim, 0))
+    axes = field_axes(ndim)
     a = a - a.mean(axis=axes, keepdims=True)
     b = b - b.mean(axis=axes, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -164,15 +207,25 @@ def energy(field: np.ndarray, ndim: Optional[int] = None, length: float = 2 * ma
     ndim = _ndim_of(field, ndim)
     if ndim == 1:
         return 0.5 * (field ** 2).mean(axis=-1)
+    if ndim == 3:
+        return 0.5 * (field ** 2).sum(axis=-4).mean(axis=(-3, -2, -1))
     u, v = _velocity_2d(field)
     scale = (length / (2 * math.pi)) ** 2  # psi = omega / |k|^2 with k = 2 pi m / length
     return 0.5 * scale * (u ** 2 + v ** 2).mean(axis=(-2, -1))
 
 
 def enstrophy(field: np.ndarray, ndim: Optional[int] = None, length: float = 2 * math.pi) -> np.ndarray:
-    """2D: ``<omega^2>/2``; 1D: ``<u_x^2>/2``, per field."""
+    """2D: ``<omega^2>/2``; 1D: ``<u_x^2>/2``; 3D: ``<|curl u|^2>/2``, per field."""
     field = np.asarray(field, dtype=np.float64)
     ndim = _ndim_of(field, ndim)
+    if ndim == 3:
+        n, scale = field.shape[-1], 2 * math.pi / length
+        u_hat = np.fft.fftn(field, axes=(-3, -2, -1))
+        kx, ky, kz = (scale * m for m in _modes_3d(n))
+        ux, uy, uz = u_hat[..., 0, :, :, :], u_hat[..., 1, :, :, :], u_hat[..., 2, :, :, :]
+        curl = [ky * uz - kz * uy, kz * ux - kx * uz, kx * uy - ky * ux]  # times i: |.|^2 unchanged
+        # Parseval: mean |omega|^2 = sum |omega_hat|^2 / n^6
+        return 0.5 * sum((np.abs(c) ** 2).sum(axis=(-3, -2, -1)) for c in curl) / n ** 6
     if ndim == 2:
         return 0.5 * (field ** 2).mean(axis=(-2, -1))
     n = field.shape[-1]

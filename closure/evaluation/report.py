@@ -106,7 +106,7 @@ def _pdf(path, results, extras, reference, edges, colors, ndim):
         f = extras[name]["field"]
         p = M.histogram(f, edges)[1:-1] / width
         ax.semilogy(centers, np.where(p > 0, p, np.nan), color=colors[name], lw=1.4, label=name)
-    ax.set_xlabel("vorticity" if ndim == 2 else "velocity")
+    ax.set_xlabel("vorticity" if ndim == 2 else ("velocity (all components)" if ndim == 3 else "velocity"))
     ax.set_ylabel("probability density")
     ax.set_title("PDF over the run window")
     ax.legend(fontsize=8)
@@ -120,7 +120,7 @@ def _series(path, results, reference, colors, ndim):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     ref = reference["series"][0]
     for ax, key, label in zip(axes, ("energy", "enstrophy"),
-                              ("energy", "enstrophy" if ndim == 2 else "<u_x^2>/2")):
+                              ("energy", "enstrophy" if ndim >= 2 else "<u_x^2>/2")):
         ax.plot(ref["time"], ref[key], **_REF_STYLE)
         for name, r in results.items():
             ax.plot(r["time"], np.asarray(r[key], dtype=float), color=colors[name], lw=1.3, label=name)
@@ -157,6 +157,9 @@ def _snapshots(path, results, extras, ndim, length, n_times=4):
     times = first["times"]
     picks = np.unique(np.linspace(0, len(times) - 1, n_times).round().astype(int))
     ref = first["ref"][0]  # first test trajectory
+    if ndim == 3:  # the x velocity on the plane z = 0
+        ref = ref[:, 0, 0]
+        extras = {name: dict(extras[name], field=extras[name]["field"][:, :, 0, 0]) for name in names}
     if ndim == 1:
         fig, axes = plt.subplots(1, len(picks), figsize=(3.4 * len(picks), 3.0), sharey=True, squeeze=False)
         x = np.arange(ref.shape[-1]) * length / ref.shape[-1]
@@ -192,7 +195,7 @@ def _snapshots(path, results, extras, ndim, length, n_times=4):
                 ax.set_ylabel(row, fontsize=9)
     fig.subplots_adjust(right=0.86, wspace=0.05, hspace=0.08)
     cax = fig.add_axes([0.89, 0.15, 0.025, 0.7])
-    fig.colorbar(image, cax=cax, label="vorticity")
+    fig.colorbar(image, cax=cax, label="x velocity on z = 0" if ndim == 3 else "vorticity")
     storage.save_figure(fig, path, dpi=150)
     plt.close(fig)
 
@@ -391,6 +394,9 @@ def write_report(report_dir, results, extras, reference, edges, attrs, ndim, len
         table(results),
         timing_text(results),
         "",
+        *([("Velocity-gradient PDF distance (Hellinger, du/dx, dv/dy, dw/dz pooled): "
+            + ", ".join(f"{name} {_fmt(r.get('gradient_pdf_distance'))}" for name, r in results.items()) + "."), ""]
+          if ndim == 3 else []),
         "Definitions: spectrum error = mean over 1 <= k <= k_les of |log10 E - log10 E_ref| of the time-averaged "
         "energy spectra; PDF distance = Hellinger distance of the field histograms; decorrelation time = first "
         "time the correlation with the filtered DNS drops below 0.95 (mean over trajectories; 'never' = stayed "

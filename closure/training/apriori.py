@@ -79,12 +79,15 @@ def _grid(ndim: int, n: int, length: float):
 def transfer_fields(field: torch.Tensor, sgs: torch.Tensor, length: float = 2 * math.pi) -> dict[str, torch.Tensor]:
     """Local transfer of the resolved invariants by an SGS tendency (module docstring).
 
-    field, sgs: (batch, n) (Burgers velocity) or (batch, n, n) (vorticity). Returns
-    ``{"energy": u sgs}`` in 1D, ``{"energy": psi sgs, "enstrophy": omega sgs}`` in 2D.
+    field, sgs: (batch, n) (Burgers velocity), (batch, n, n) (vorticity) or (batch, 3, n, n, n)
+    (3D velocity). Returns ``{"energy": u sgs}`` in 1D, ``{"energy": psi sgs, "enstrophy": omega sgs}``
+    in 2D and ``{"energy": u . sgs}`` in 3D.
     """
     field, sgs = field.to(torch.float64), sgs.to(torch.float64)
     if field.dim() == 2:
         return {"energy": field * sgs}
+    if field.dim() == 5:  # 3D velocity (batch, 3, n, n, n): the local energy transfer u . sgs
+        return {"energy": (field * sgs).sum(dim=1)}
     psi = _grid(2, field.shape[-1], length).streamfunction(field)
     return {"energy": psi * sgs, "enstrophy": field * sgs}
 
@@ -205,7 +208,7 @@ def smagorinsky_fallback(config) -> torch.nn.Module:
                                 config.run.smagorinsky_cs)
 
 
-def baseline_closures(config, names: Sequence[str] = ("smagorinsky", "leith", "dynamic_smagorinsky")) -> dict:
+def baseline_closures(config, names: Optional[Sequence[str]] = None) -> dict:
     """Classical closures for the a-priori comparison (``closure.les.baselines.make_closure``).
 
     Constants from ``config.run`` (Smagorinsky's standard ``smagorinsky_cs``). Falls
@@ -218,6 +221,9 @@ def baseline_closures(config, names: Sequence[str] = ("smagorinsky", "leith", "d
     from closure.data.system import les_equation
 
     les = les_equation(config, dtype=torch.float64, unforced=True)
+    if names is None:  # Leith's vorticity-gradient model is 1D/2D only
+        names = ("smagorinsky", "leith", "dynamic_smagorinsky") if config.system.ndim < 3 else \
+            ("smagorinsky", "dynamic_smagorinsky")
     return {name: make_closure(name, les, config) for name in names}
 
 

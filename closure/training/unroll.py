@@ -50,6 +50,14 @@ def _isotropic_spectrum(field: torch.Tensor, ndim: int) -> torch.Tensor:
     f_hat = torch.fft.rfftn(field, dim=tuple(range(-ndim, 0))) / n ** ndim
     power = f_hat.real ** 2 + f_hat.imag ** 2
     mx = torch.fft.rfftfreq(n, 1.0 / n, device=field.device)
+    if ndim == 3:  # the velocity's components summed: (batch, time, 3, n, n, n//2+1) -> (batch, time, ...)
+        power = power.sum(dim=-4)
+        m = torch.fft.fftfreq(n, 1.0 / n, device=field.device)
+        shell = torch.sqrt(m[:, None, None] ** 2 + m[None, :, None] ** 2 + mx[None, None, :] ** 2).round().long()
+        weight = torch.where((mx == 0) | (mx == n // 2), 1.0, 2.0).to(field.dtype).expand(n, n, -1)
+        keep = shell < n // 2
+        out = torch.zeros(power.shape[:-3] + (n // 2,), dtype=field.dtype, device=field.device)
+        return out.index_add(-1, shell[keep], (power * weight)[..., keep])
     if ndim == 1:
         shell = mx.round().long()
         weight = torch.where((mx == 0) | (mx == n // 2), 1.0, 2.0).to(field.dtype)
@@ -68,7 +76,7 @@ def trajectory_loss(prediction: torch.Tensor, reference: torch.Tensor, ndim: int
 
     ``prediction`` and ``reference``: ``(batch, S + 1, *shape)``. Returns ``(batch,)``.
     """
-    dims = tuple(range(-ndim, 0))
+    dims = tuple(range(-(ndim + 1 if ndim == 3 else ndim), 0))  # 3D: the component axis too
     err = (prediction[:, 1:] - reference[:, 1:]).pow(2).sum(dim=dims)
     norm = reference[:, 1:].pow(2).sum(dim=dims).clamp_min(1e-30)
     loss = (err / norm).mean(dim=1)
