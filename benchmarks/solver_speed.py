@@ -62,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     p.add_argument("--no-batched", action="store_true", help="skip the batched 16 x 128^2 and Burgers cases")
     p.add_argument("--no-jax", action="store_true", help="skip the jax-cfd peer")
+    p.add_argument("--no-3d", action="store_true", help="skip the NS3D cases")
+    p.add_argument("--sizes3", type=int, nargs="+", default=None,
+                   help="NS3D grid sizes (default 64 128; 256 512 added on CUDA in float32; quick 32)")
     p.add_argument("--no-numpy", action="store_true", help="skip the numpy peer")
     p.add_argument("--write", action="store_true", help="write the tables into docs/performance.md (## Solvers)")
     return p.parse_args(argv)
@@ -79,6 +82,7 @@ sys.path.insert(0, str(ROOT))
 import solvers  # noqa: E402
 
 NU, DRAG, KF, NU_BURGERS = 1e-3, 0.1, 4, 1e-2
+NU_3D, A_3D, KF_3D = 1e-2, 0.2, 2.0  # NS3D: forced isotropic turbulence (linear forcing on |m| <= 2)
 
 
 # ============================================================================ numpy peer
@@ -110,7 +114,23 @@ class NumpyPeer:
         self.ndim, self.n, self.dtype, self.dt = ndim, n, np.dtype(dtype), dt
         kc = n // 3
         mx = np.fft.rfftfreq(n, 1.0 / n)
-        if ndim == 2:
+        if ndim == 3:
+            m = np.fft.fftfreq(n, 1.0 / n)
+            ks = (mx[None, None, :], m[None, :, None], m[:, None, None])
+            k2 = sum(k ** 2 for k in ks)
+            mask = np.ones_like(k2)
+            for k in ks:
+                mask = mask * (np.abs(k) <= kc)
+            self.k3 = tuple(k.astype(self.dtype) for k in ks)
+            self.ik3 = tuple((1j * np.where(np.abs(k) == n // 2, 0.0, k)).astype(self._cdtype) for k in ks)
+            self.inv = np.where(k2 > 0, 1.0 / np.where(k2 > 0, k2, 1.0), 0.0).astype(self.dtype)
+            self.mask = mask.astype(self.dtype)
+            no_mean = mask.copy()
+            no_mean[0, 0, 0] = 0.0
+            self.mask_no_mean = no_mean.astype(self.dtype)
+            self.forcing = None
+            lin = -NU_3D * k2 + A_3D * ((k2 > 0) & (k2 <= KF_3D ** 2 + 1e-9))
+        elif ndim == 2:
             my = np.fft.fftfreq(n, 1.0 / n)[:, None]
             mx = mx[None, :]
             k2 = mx ** 2 + my ** 2
@@ -130,8 +150,11 @@ class NumpyPeer:
             self.flux = -0.5j * np.where(mx == n // 2, 0.0, mx) * mask
             self.forcing = None
             lin = -NU_BURGERS * mx ** 2
-        self.vel = tuple(v.astype(self._cdtype) for v in self.vel) if ndim == 2 else None
-        self.adv = tuple(a.astype(self.dtype) for a in self.adv) if ndim == 2 else None
+        if ndim == 3:
+            self.vel = self.adv = None
+        else:
+            self.vel = tuple(v.astype(self._cdtype) for v in self.vel) if ndim == 2 else None
+            self.adv = tuple(a.astype(self.dtype) for a in self.adv) if ndim == 2 else None
         if ndim == 1:
             self.trunc = self.trunc.astype(self.dtype)
             self.flux = self.flux.astype(self._cdtype)
@@ -148,13 +171,30 @@ class NumpyPeer:
         return np.complex64 if self.dtype == np.float32 else np.complex128
 
     def to_spectral(self, w):
+        if self.ndim == 3:
+            return np.fft.rfftn(w, axes=(-3, -2, -1))
         return np.fft.rfft2(w) if self.ndim == 2 else np.fft.rfft(w)
 
     def to_physical(self, w_hat):
+        if self.ndim == 3:
+            return np.fft.irfftn(w_hat, s=(self.n,) * 3, axes=(-3, -2, -1))
         return (np.fft.irfft2(w_hat, s=(self.n, self.n)) if self.ndim == 2
                 else np.fft.irfft(w_hat, n=self.n))
 
+    def F3(self, u_hat):
+        """NS3D: the Leray projection of the 2/3-truncated ``u x omega`` (rotational form)."""
+        (ikx, iky, ikz), (kx, ky, kz) = self.ik3, self.k3
+        u_hat = u_hat * self.mask
+        ux, uy, uz = u_hat[:, 0], u_hat[:, 1], u_hat[:, 2]
+        om = np.stack([iky * uz - ikz * uy, ikz * ux - ikx * uz, ikx * uy - iky * ux], axis=1)
+        u, o = self.to_physical(u_hat), self.to_physical(om)
+        c = self.to_spectral(np.cross(u, o, axis=1))
+        kc = (kx * c[:, 0] + ky * c[:, 1] + kz * c[:, 2]) * self.inv
+        return np.stack([(c[:, i] - k * kc) * self.mask_no_mean for i, k in enumerate(self.k3)], axis=1)
+
     def F(self, w_hat):
+        if self.ndim == 3:
+            return self.F3(w_hat)
         if self.ndim == 1:
             u = np.fft.irfft(self.trunc * w_hat, n=self.n)
             return self.flux * np.fft.rfft(u * u)
@@ -354,7 +394,9 @@ def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def initial_state(eq, batch: int, device):
     seeds = list(range(batch))
-    if eq.ndim == 2:
+    if eq.ndim == 3:
+        w = solvers.random_solenoidal_velocity(eq.grid, seeds, peak_wavenumber=3, energy=0.5)
+    elif eq.ndim == 2:
         w = solvers.random_vorticity(eq.grid, seeds)
     else:
         w = solvers.random_velocity(eq.grid, seeds)
@@ -362,6 +404,9 @@ def initial_state(eq, batch: int, device):
 
 
 def make_equation(ndim: int, n: int, dtype, device):
+    if ndim == 3:
+        return solvers.NavierStokes3D(n, viscosity=NU_3D, forcing=solvers.LinearForcing(A_3D, KF_3D),
+                                      dtype=dtype, device=device)
     if ndim == 2:
         return solvers.NavierStokes2D(n, viscosity=NU, drag=DRAG, forcing=solvers.Kolmogorov(KF, 1.0),
                                       dtype=dtype, device=device)
@@ -399,6 +444,10 @@ def cases(args, device):
         if not args.no_batched:
             out.append(("NS2D", 2, 128, 16, dtype))
             out.append(("Burgers", 1, 4096, 64, dtype))
+        if not args.no_3d:
+            sizes3 = args.sizes3 or ([32] if args.quick else ([64, 128] + ([256, 512] if device.type == "cuda"
+                                                                            and dtype == f32 else [])))
+            out.extend(("NS3D", 3, n, 1, dtype) for n in sizes3)
     return out
 
 
@@ -448,10 +497,11 @@ def main(args):
         res = {"case": f"{name} {batch}x{n}^{ndim}" if batch > 1 else f"{name} {n}^{ndim}",
                "dtype": str(dtype).replace("torch.", ""), "n": n, "ndim": ndim, "batch": batch}
         codes = {m: (ours_runner(eq, m, args.dt, device), w0, 200) for m in ("etdrk4", "cnrk4")}
-        codes["floor"] = (fft_floor_runner(eq, batch, device), w0, 200)
+        if ndim < 3:
+            codes["floor"] = (fft_floor_runner(eq, batch, device), w0, 200)
         if device.type == "cuda":  # what the CUDA-graph replay buys: the same run, eager
             codes["eager"] = (_NoGraphs(ours_runner(eq, "etdrk4", args.dt, device)), w0, 200)
-        if jmods is not None:
+        if jmods is not None and ndim < 3:  # jax-cfd's spectral module is 1D/2D
             try:
                 peer = JaxPeer(jmods, ndim, n, dtype, args.dt, batch)
                 wj = peer.initial(w0)
@@ -466,12 +516,18 @@ def main(args):
             npeer = NumpyPeer(ndim, n, np.float32 if dtype == torch.float32 else np.float64, args.dt)
             wn = npeer.to_spectral(w0.cpu().numpy())
             for method in ("etdrk4", "cnrk4"):
-                codes["np_" + method] = (numpy_runner(npeer, method), wn, 50)
+                codes["np_" + method] = (numpy_runner(npeer, method), wn, 50 if ndim < 3 else 5)
         res.update(best_ms_per_step(codes, repeats, target_s))
         if bandwidth and ndim == 2:
             elem = 4 if dtype == torch.float32 else 8
             # ~96 N^2 bytes per fused RK stage in float32 (references.md); ETDRK4 has 4 stages
             res["roofline"] = 4 * 96 * (elem / 4) * batch * n ** ndim / bandwidth * 1e3
+        if bandwidth and ndim == 3:
+            elem = 4 if dtype == torch.float32 else 8
+            # a rough floor, not a measured kernel count: per stage 9 real 3D FFTs of ~3 passes
+            # (one per axis) reading and writing the half spectrum (~24 N^3 bytes each in float32)
+            # plus ~50 N^3 bytes of elementwise work; ETDRK4 has 4 stages
+            res["roofline"] = 4 * 270 * (elem / 4) * batch * n ** 3 / bandwidth * 1e3
         rows.append(res)
         print(format_row(res), flush=True)
 
@@ -493,6 +549,14 @@ def agreement_checks(jmods, use_numpy, device) -> list[str]:
     -42..41 at n = 128, an asymmetric set) does not enter the comparison.
     """
     out = []
+    if use_numpy:  # NS3D: ours vs the numpy implementation of the same algorithm
+        eq = make_equation(3, 32, torch.float64, device)
+        u0 = initial_state(eq, 2, device)
+        peer = NumpyPeer(3, 32, np.float64, 1e-2)
+        for m in ("etdrk4", "cnrk4"):
+            ours = eq.simulate(u0, dt=1e-2, steps=20, method=m).cpu().numpy()
+            w = numpy_runner(peer, m)(peer.to_spectral(u0.cpu().numpy()), 20)
+            out.append(f"NS3D 32^3, {m}, 20 steps: ours vs numpy {rel_diff(ours, peer.to_physical(w)):.1e}")
     for ndim, n, batch in ((2, 128, 2), (1, 4096, 2)):
         eq = make_equation(ndim, n, torch.float64, device)
         seeds = list(range(batch))
@@ -539,7 +603,9 @@ def report(args, rows, checks, device, threads, repeats, versions, jax_note, ban
         f"Milliseconds per time step (dt = {args.dt:g}), best of {repeats} interleaved rounds after a warm-up, "
         "the codes of a case timed round-robin; "
         "jax-cfd jit-compiled, compile time excluded. Kolmogorov flow (nu 1e-3, drag 0.1, k = 4), "
-        "Burgers nu 1e-2 unforced. Ratios ours/peer: < 1 means ours is faster.",
+        "Burgers nu 1e-2 unforced; NS3D forced isotropic turbulence (nu 1e-2, linear forcing 0.2 u on |m| <= 2, "
+        "a random solenoidal start; jax-cfd has no 3D spectral solver, the numpy peer is the same algorithm "
+        "with unpruned rfftn). Ratios ours/peer: < 1 means ours is faster.",
         "",
     ]
     has_jax = any("jax" in r for r in rows)

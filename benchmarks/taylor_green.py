@@ -2,6 +2,7 @@
 
     python benchmarks/taylor_green.py --n 64 [--dt 0.02] [--time 14] [--dtype float32]
                                       [--out docs/results/tgv] [--threads N]
+    python benchmarks/taylor_green.py --plot docs/figures/tgv_dissipation.png docs/results/tgv/tgv_*.csv
 
 The standard case of the high-order CFD workshops (Wang et al. 2013, Int. J.
 Numer. Meth. Fluids 72; DeBonis 2013, AIAA 2013-0382): on [0, 2 pi)^3,
@@ -40,7 +41,46 @@ REFERENCE_PEAK = 1.286e-2
 REFERENCE_TIME = 8.97
 
 
+def read_csv(path: Path) -> tuple[str, list[tuple[float, float, float]]]:
+    lines = Path(path).read_text().splitlines()
+    rows = [tuple(float(v) for v in line.split(",")) for line in lines[2:] if line.strip()]
+    return lines[0].lstrip("# "), rows
+
+
+def plot(figure: str, csvs: list[str]) -> None:
+    """The dissipation curves of finished runs with the reference peak; a table of the peaks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    print("| grid | dt | peak epsilon | at t | vs reference |")
+    print("| --- | --- | --- | --- | --- |")
+    for path in sorted(csvs, key=lambda p: int(Path(p).stem.split("_")[-1])):
+        header, rows = read_csv(Path(path))
+        n = int(Path(path).stem.split("_")[-1])
+        t, eps = [r[0] for r in rows], [r[2] for r in rows]
+        ax.plot(t, eps, lw=1.5, label=f"{n}^3")
+        t_peak, _, eps_peak = max(rows, key=lambda r: r[2])
+        dt = header.split("dt=")[1].split(",")[0]
+        print(f"| {n}^3 | {dt} | {eps_peak:.4e} | {t_peak:.2f} | {100 * (eps_peak / REFERENCE_PEAK - 1):+.1f}% |")
+    ax.plot([REFERENCE_TIME], [REFERENCE_PEAK], "k*", ms=11, label="reference peak (spectral 512^3)")
+    ax.set_xlabel("t (L / V)")
+    ax.set_ylabel("dissipation rate epsilon")
+    ax.set_title("Taylor-Green vortex, Re = 1600")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    Path(figure).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=130)
+    print(f"wrote {figure}")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--plot":
+        return plot(argv[1], argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--dt", type=float, default=None, help="default: 1.28 / n (CFL ~ 0.4 at |u|_max ~ 1)")
