@@ -90,7 +90,8 @@ def cmd_generate(args) -> int:
     kwargs = {"progress": False} if getattr(args, "quiet", False) else {}
     with _lock(output):
         refuse_replacing(output, dataset_made_elsewise(config, output), args.overwrite)
-        path = generate(config, output, scheduler=args.scheduler, workers=args.workers, **kwargs)
+        path = generate(config, output, scheduler=args.scheduler, workers=args.workers,
+                        threads=args.threads, **kwargs)
     print(path)
     return 0
 
@@ -255,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="DATASET.nc", help="output file (default data/<config stem>.nc)")
     with_scale_out(p)
     with_overwrite(p)
+    p.add_argument("--threads", type=int, metavar="T",
+                   help="torch threads per process (default 1; by default one process per core)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train a closure on a dataset")

@@ -183,7 +183,7 @@ def test_dispatch_passes_the_contract_arguments(config_file, tiny_dataset, tmp_p
     data = str(tiny_dataset)
     assert main(["generate", cfg, "-o", str(tmp_path / "g.nc"), "--workers", "3"]) == 0
     args, kwargs = calls["generate"]
-    assert Path(args[1]) == tmp_path / "g.nc" and kwargs == {"scheduler": None, "workers": 3}
+    assert Path(args[1]) == tmp_path / "g.nc" and kwargs == {"scheduler": None, "workers": 3, "threads": None}
     for argv in (["-q", "generate", cfg], ["generate", cfg, "-q"]):  # quiet: no progress lines
         assert main(argv) == 0
         assert calls["generate"][1]["progress"] is False

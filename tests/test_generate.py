@@ -167,3 +167,27 @@ def test_dask_scheduler_address(tmp_path, tiny_config, tiny_dataset):
         path = gen.generate(config_from_dict(tiny_config), tmp_path / "s.nc", scheduler=cluster.scheduler_address,
                             progress=False)
     _assert_same_values(_load(tiny_dataset), _load(path))
+
+
+def test_layout_uses_every_core_and_splits_the_trajectories(tiny_config):
+    from closure.data.parallelism import choose_layout
+
+    tiny_config["dns"].update(trajectories=8, batch_size=8)
+    tiny_config["dns"].update(resolution=256, spinup_time=20.0)   # big enough for a cluster to pay
+    config = config_from_dict(tiny_config)
+    layout = choose_layout(config, cores=2)
+    assert (layout.workers, layout.threads, layout.batch_size) == (2, 1, 4)
+    assert "2 worker processes x 1 torch thread(s)" in layout.describe(8)
+    assert choose_layout(config, cores=16).workers == 8          # no more processes than trajectories
+    assert choose_layout(config, cores=1).in_process
+    assert choose_layout(config, cores=4, workers=1).in_process   # overrides
+    assert choose_layout(config, cores=4, threads=3).threads == 3
+    with pytest.raises(ClosureError, match="--threads"):
+        choose_layout(config, threads=0)
+
+
+def test_layout_keeps_small_jobs_in_process(tiny_config):
+    from closure.data.parallelism import choose_layout
+
+    layout = choose_layout(config_from_dict(tiny_config), cores=8)
+    assert layout.in_process and "small job" in layout.reason

@@ -14,9 +14,12 @@ removed. Re-running after an interruption skips the finished parts (resume).
 
     generate(config, output=None, scheduler=None, workers=None, progress=None) -> Path
 
-``scheduler`` attaches to a running dask.distributed scheduler; ``workers=N``
-starts a `LocalCluster` of N single-threaded processes; with neither, the batches
-run one after the other in this process.
+``scheduler`` attaches to a running dask.distributed scheduler; otherwise
+`closure.data.parallelism.choose_layout` picks processes x torch threads x
+trajectories per part for the machine (one single-threaded process per core on
+the CPU, one per GPU; small jobs in this process), logs the choice, and
+``workers=N`` / ``threads=T`` override it (``workers=1``: the batches run one
+after the other in this process; N > 1: a `LocalCluster` of N processes).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 from solvers import BlowUpError
 
 from closure.data import dataset as ds_io
+from closure.data.parallelism import choose_layout
 from closure.data.sgs import sgs_hat
 from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
 from closure.config import Config, config_from_yaml, config_to_yaml, resolve_device, resolve_dtype
@@ -55,9 +59,9 @@ def default_output(config: Config) -> Path:
     return Path("data") / f"{stem}.nc"
 
 
-def plan_parts(config: Config) -> list[list[int]]:
-    """Trajectory ids of each batch (part): consecutive runs of ``dns.batch_size``."""
-    n, b = config.dns.trajectories, config.dns.batch_size
+def plan_parts(config: Config, batch_size: Optional[int] = None) -> list[list[int]]:
+    """Trajectory ids of each batch (part): consecutive runs of ``batch_size`` (default ``dns.batch_size``)."""
+    n, b = config.dns.trajectories, batch_size or config.dns.batch_size
     return [list(range(start, min(start + b, n))) for start in range(0, n, b)]
 
 
@@ -153,11 +157,12 @@ def _write_part(config: Config, ids: Sequence[int], path: Path, device=None,
     return path
 
 
-def _dask_task(config_yaml: str, ids: list[int], path: str) -> str:
-    """One part on a dask worker (single-threaded torch: workers must not oversubscribe the cores)."""
-    torch.set_num_threads(1)
+def _dask_task(config_yaml: str, ids: list[int], path: str, threads: int = 1, device: Optional[str] = None) -> str:
+    """One part on a dask worker (``threads`` torch threads, 1 by default: workers must not
+    oversubscribe the cores; ``device`` e.g. ``cuda:1``, default the config's)."""
+    torch.set_num_threads(int(threads))
     config = config_from_yaml(config_yaml, "generate task")
-    _write_part(config, ids, Path(path))
+    _write_part(config, ids, Path(path), device=device)
     return path
 
 
@@ -185,20 +190,18 @@ def _part_is_done(path: Path, key: str) -> bool:
 
 # --------------------------------------------------------------------------- main entry
 def generate(config: Config, output=None, *, scheduler: Optional[str] = None, workers: Optional[int] = None,
-             progress: Optional[bool] = None, threads: Optional[int] = 1) -> Path:
+             progress: Optional[bool] = None, threads: Optional[int] = None) -> Path:
     """Generate the dataset of ``config`` into ``output`` (default ``data/<config stem>.nc``).
 
     ``progress``: None shows a bar on a terminal and log lines otherwise; False is quiet.
-    ``threads``: torch intra-op threads for an in-process run on the CPU (default 1: the
-    batched FFTs gain little from threads, and threads competing with other processes
-    for the cores can slow them down a hundredfold; use ``workers`` for parallelism;
-    None keeps torch's setting). Dask workers always run single-threaded.
-    Returns the path of the final file.
+    ``workers`` / ``threads``: processes and torch intra-op threads per process (default:
+    `closure.data.parallelism.choose_layout`, one single-threaded process per core on the
+    CPU: threads competing with other processes for the cores can slow the FFTs down a
+    hundredfold). Returns the path of the final file.
     """
     if scheduler is not None and workers is not None:
         raise ClosureError("give either --scheduler or --workers, not both")
-    if workers is not None and int(workers) < 1:
-        raise ClosureError(f"--workers {workers}: must be at least 1")
+    layout = choose_layout(config, workers=workers, threads=threads)
     output = Path(output) if output is not None else default_output(config)
     if output.suffix != ".nc":
         raise ClosureError(f"{output}: the dataset file name must end in .nc")
@@ -207,7 +210,7 @@ def generate(config: Config, output=None, *, scheduler: Optional[str] = None, wo
     resolve_device(config.device)  # fail early on an unavailable device
     _check_grid(config)
     parts_dir = output.with_name(output.name + ".parts")
-    parts = plan_parts(config)
+    parts = plan_parts(config, None if scheduler is not None else layout.batch_size)
     key = generation_key(config)
     paths = [parts_dir / part_name(ids) for ids in parts]
     todo = [(ids, p) for ids, p in zip(parts, paths) if not _part_is_done(p, key)]
@@ -217,14 +220,16 @@ def generate(config: Config, output=None, *, scheduler: Optional[str] = None, wo
     log.info("generate %s: %d trajectories x %d snapshots, DNS %d -> LES %d, %d part(s)%s",
              output, d.trajectories, d.samples, d.resolution, config.les.resolution, len(parts),
              f" ({n_done} already done)" if n_done else "")
+    if scheduler is None:
+        log.info("generate: %s", layout.describe(d.trajectories))
     parts_dir.mkdir(parents=True, exist_ok=True)
     storage.remove_stale_temps(parts_dir)  # part files half-written by a killed run
     start = _time.perf_counter()
     if todo:
-        if scheduler is None and workers is None:
-            _run_in_process(config, todo, steps_per_traj, progress, threads)
+        if scheduler is None and layout.in_process:
+            _run_in_process(config, todo, steps_per_traj, progress, layout.threads)
         else:
-            _run_dask(config, todo, scheduler, workers, progress)
+            _run_dask(config, todo, scheduler, None if scheduler is not None else layout, progress)
     _merge(config, paths, output)
     shutil.rmtree(parts_dir, ignore_errors=True)
     log.info("wrote %s (%.1f s)", output, _time.perf_counter() - start)
@@ -265,7 +270,7 @@ def _run_in_process(config: Config, todo, steps_per_traj: int, progress: Optiona
         torch.set_num_threads(previous)
 
 
-def _run_dask(config: Config, todo, scheduler: Optional[str], workers: Optional[int], progress: Optional[bool]):
+def _run_dask(config: Config, todo, scheduler: Optional[str], layout, progress: Optional[bool]):
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -276,7 +281,7 @@ def _run_dask(config: Config, todo, scheduler: Optional[str], workers: Optional[
             except (OSError, TimeoutError) as exc:
                 raise ClosureError(f"--scheduler {scheduler}: cannot connect ({exc.__class__.__name__})") from None
         else:
-            cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+            cluster = LocalCluster(n_workers=layout.workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None, host="127.0.0.1")
             client = Client(cluster)
         text = config_to_yaml(config)
@@ -284,9 +289,12 @@ def _run_dask(config: Config, todo, scheduler: Optional[str], workers: Optional[
             # parts are written by the workers: with --scheduler the output folder must be on a file
             # system the workers share (absolute paths)
             token = uuid.uuid4().hex[:8]
-            futures = [client.submit(_dask_task, text, ids, str(path.resolve()), pure=False,
-                                     key=f"generate-{path.stem}-{token}")
-                       for ids, path in todo]
+            threads = 1 if layout is None else layout.threads
+            gpus = layout is not None and layout.device.startswith("cuda") and layout.workers > 1
+            futures = [client.submit(_dask_task, text, ids, str(path.resolve()), threads,
+                                     f"cuda:{i % layout.workers}" if gpus else None,
+                                     pure=False, key=f"generate-{path.stem}-{token}")
+                       for i, (ids, path) in enumerate(todo)]
             n_traj = sum(len(ids) for ids, _ in todo)
             sizes = {f.key: len(ids) for f, (ids, _) in zip(futures, todo)}
             with progress_bar(total=n_traj, desc="generate", unit="traj", enabled=progress) as bar:

@@ -1,0 +1,102 @@
+"""How dataset generation uses the machine: processes x torch threads x trajectories per part.
+
+    choose_layout(config, workers=None, threads=None, cores=None, gpus=None) -> Layout
+
+On the CPU every core gets a process with one torch thread (dask workers): one
+solver step is a chain of FFTs and elementwise passes that threads speed up
+little on small grids, and threads competing with other processes for the cores
+were seen to slow down ~100x, while independent trajectories in separate
+processes scale with the cores. The trajectories are split into at least as
+many parts as workers (``dns.batch_size`` is an upper bound; values do not
+depend on the batching). On CUDA there is one process per GPU (in this process
+for a single GPU): there a large batch fills the device.
+
+A local cluster costs a few seconds to start, so a job whose estimated work is
+small (`_SMALL_JOB_POINT_STEPS` grid-point steps, ~10 s on one core) runs in
+this process. ``workers`` / ``threads`` override the choice (``workers=1``: in
+this process).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from closure.config import Config, resolve_device
+from closure.errors import ClosureError
+
+__all__ = ["Layout", "choose_layout", "usable_cores"]
+
+# DNS grid points x steps below which a local cluster does not pay for its start-up
+# (~4e-8 s per point-step for an ETDRK4 NS2D step on one core: ~10 s of work)
+_SMALL_JOB_POINT_STEPS = 2.5e8
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Processes (``workers``; 1 = this process), torch threads per process, trajectories per part."""
+
+    workers: int
+    threads: int
+    batch_size: int
+    device: str
+    reason: str
+
+    @property
+    def in_process(self) -> bool:
+        return self.workers == 1
+
+    def describe(self, trajectories: int) -> str:
+        parts = math.ceil(trajectories / self.batch_size)
+        where = "in this process" if self.in_process else f"{self.workers} worker processes"
+        return (f"{where} x {self.threads} torch thread(s) on {self.device}, {parts} part(s) of "
+                f"<= {self.batch_size} trajectories ({self.reason})")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _gpu_count(device) -> int:
+    import torch
+
+    return torch.cuda.device_count() if device.type == "cuda" else 0
+
+
+def choose_layout(config: Config, workers: Optional[int] = None, threads: Optional[int] = None,
+                  cores: Optional[int] = None, gpus: Optional[int] = None) -> Layout:
+    """The generation layout for ``config`` on this machine (see the module docstring)."""
+    if workers is not None and int(workers) < 1:
+        raise ClosureError(f"--workers {workers}: must be at least 1")
+    if threads is not None and int(threads) < 1:
+        raise ClosureError(f"--threads {threads}: must be at least 1")
+    d = config.dns
+    device = resolve_device(config.device)
+    n_traj = d.trajectories
+    if device.type == "cuda":
+        gpus = _gpu_count(device) if gpus is None else gpus
+        n = max(1, min(gpus, n_traj)) if workers is None else int(workers)
+        reason = f"one process per GPU, {gpus} GPU(s)" if workers is None else "--workers"
+        batch = min(d.batch_size, math.ceil(n_traj / n))
+        return Layout(n, int(threads or 1), batch, str(device), reason)
+    cores = usable_cores() if cores is None else int(cores)
+    if workers is not None:
+        n, reason = int(workers), "--workers"
+    else:
+        steps = d.spinup_steps + (d.samples - 1) * d.sample_steps
+        work = n_traj * steps * d.resolution ** config.system.ndim
+        if cores == 1 or n_traj == 1:
+            n, reason = 1, f"{cores} core(s), {n_traj} trajectory(ies)"
+        elif work < _SMALL_JOB_POINT_STEPS:
+            n, reason = 1, f"a small job ({work:.1e} grid-point steps): no cluster start-up"
+        else:
+            n, reason = min(cores, n_traj), f"one process per core, {cores} core(s)"
+    batch = min(d.batch_size, math.ceil(n_traj / n))
+    n = min(n, math.ceil(n_traj / batch))
+    return Layout(n, int(threads or 1), batch, "cpu", reason)
