@@ -152,8 +152,14 @@ class InitialConfig(Section):
 
 # --------------------------------------------------------------------------- dns / les
 class DNSConfig(Section):
+    """The DNS ensemble. ``dt: auto`` chooses the steps from the velocity (`solvers.CFL`:
+    CFL number ``cfl``, steps at most ``max_dt``), landing exactly on the sample times;
+    a number is a fixed step that must divide ``spinup_time`` and ``sample_interval``."""
+
     resolution: Resolution = 512
-    dt: PositiveFloat = 1.0e-3
+    dt: Union[PositiveFloat, Literal["auto"]] = 1.0e-3
+    cfl: PositiveFloat = 0.5                 # dt: auto only
+    max_dt: Optional[PositiveFloat] = None   # dt: auto only (None: the sample interval)
     spinup_time: NonNegativeFloat = 20.0
     sample_interval: PositiveFloat = 0.1
     samples: PositiveInt = 100
@@ -163,6 +169,8 @@ class DNSConfig(Section):
 
     @model_validator(mode="after")
     def _times_are_multiples_of_dt(self) -> "DNSConfig":
+        if self.adaptive:
+            return self
         for key in ("spinup_time", "sample_interval"):
             value = getattr(self, key)
             _check_steps(f"dns.{key}", value, "dns.dt", self.dt)
@@ -174,12 +182,27 @@ class DNSConfig(Section):
         return self
 
     @property
+    def adaptive(self) -> bool:
+        return self.dt == "auto"
+
+    @property
     def spinup_steps(self) -> int:
-        return int(round(self.spinup_time / self.dt))
+        """Steps of the spin-up (fixed ``dt`` only)."""
+        return int(round(self.spinup_time / self._fixed_dt()))
 
     @property
     def sample_steps(self) -> int:
-        return int(round(self.sample_interval / self.dt))
+        """Steps between snapshots (fixed ``dt`` only)."""
+        return int(round(self.sample_interval / self._fixed_dt()))
+
+    def _fixed_dt(self) -> float:
+        if self.adaptive:
+            raise ClosureError("dns.dt is auto: the steps are chosen during the run")
+        return float(self.dt)
+
+    def sample_times(self) -> list[float]:
+        """Model times of the snapshots: ``spinup_time + j sample_interval``, j < samples."""
+        return [self.spinup_time + j * self.sample_interval for j in range(self.samples)]
 
 
 class FilterConfig(Section):
@@ -330,6 +353,9 @@ class Config(Section):
             raise ValueError(f"les.resolution={n_les} must divide dns.resolution={n_dns}")
         if n_les % 2 or n_dns % 2:
             raise ValueError("dns.resolution and les.resolution must be even")
+        if self.dns.adaptive and self.system.forcing.type == "stochastic":
+            raise ValueError("dns.dt: auto needs a steady forcing (the stochastic forcing switches on a "
+                             "fixed step's multiples); give dns.dt a number")
         return self
 
 

@@ -19,6 +19,7 @@ from solvers.integrators import (STEPPERS, BlowUpError, CrankNicolsonRK4, ETDRK4
 from solvers.navier_stokes import NavierStokes2D
 from solvers.navier_stokes_3d import NavierStokes3D
 from solvers.spectral import SpectralGrid
+from solvers.timestep import CFL
 
 __all__ = [
     "Burgers1D", "NavierStokes2D", "NavierStokes3D", "SpectralEquation", "ImplicitExplicitEquation",
@@ -27,5 +28,5 @@ __all__ = [
     "solenoidal_projection",
     "random_vorticity", "random_velocity", "random_solenoidal_velocity", "taylor_green_vortex", "abc_flow",
     "ETDRK4", "CrankNicolsonRK4", "STEPPERS", "make_stepper", "BlowUpError", "simulate",
-    "simulate_checkpointed",
+    "simulate_checkpointed", "CFL",
 ]

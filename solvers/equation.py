@@ -154,11 +154,12 @@ class SpectralEquation:
         return self.grid.to_physical(self.nonlinear_hat(self.grid.to_spectral(state)))
 
     # ------------------------------------------------------------------ integration
-    def simulate(self, state: torch.Tensor, dt: float, steps: int, closure: Optional[Closure] = None,
+    def simulate(self, state: torch.Tensor, dt, steps: Optional[int] = None, closure: Optional[Closure] = None,
                  save_every: Optional[int] = None, *, time: float = 0.0, method: str = "etdrk4",
-                 save_at: Optional[Sequence[int]] = None, on_save=None, on_step=None,
-                 check_every: Optional[int] = None) -> torch.Tensor:
-        """Integrate ``steps`` steps of size ``dt`` from ``state`` at model time ``time``.
+                 save_at: Optional[Sequence[int]] = None, save_times: Optional[Sequence[float]] = None,
+                 on_save=None, on_step=None, check_every: Optional[int] = None) -> torch.Tensor:
+        """Integrate ``steps`` steps of size ``dt`` from ``state`` at model time ``time``
+        (or, with ``dt=solvers.CFL(...)``, adaptive steps up to the last of ``save_times``).
 
         Returns the final state, or with ``save_every=k`` the trajectory
         ``(batch, steps // k + 1, *shape)`` whose first entry is the initial state.
@@ -166,8 +167,8 @@ class SpectralEquation:
         state becomes non-finite. The other arguments: `solvers.integrators.simulate`.
         """
         return simulate(self, state, dt, steps, closure=closure, save_every=save_every, time=time,
-                        method=method, save_at=save_at, on_save=on_save, on_step=on_step,
-                        check_every=check_every)
+                        method=method, save_at=save_at, save_times=save_times, on_save=on_save,
+                        on_step=on_step, check_every=check_every)
 
     def stepper(self, method: str, dt: float):
         """The (cached) time stepper of ``method`` for step ``dt``."""
@@ -185,7 +186,12 @@ class SpectralEquation:
         return cfl * self.grid.spacing / speed if speed > 0 else math.inf
 
     def max_speed(self, state: torch.Tensor) -> torch.Tensor:
+        """``sum_d max|u_d|`` per batch member of a physical state."""
         raise NotImplementedError
+
+    def max_speed_hat(self, state_hat: torch.Tensor) -> torch.Tensor:
+        """`max_speed` of a spectral state (what adaptive steps read)."""
+        return self.max_speed(self.grid.to_physical(state_hat))
 
     # ------------------------------------------------------------------ checks
     def check_state(self, state: torch.Tensor):

@@ -32,6 +32,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from solvers.timestep import CFL
+
 __all__ = ["ETDRK4", "CrankNicolsonRK4", "BlowUpError", "STEPPERS", "make_stepper", "simulate",
            "simulate_checkpointed", "etdrk4_coefficients"]
 
@@ -380,17 +382,57 @@ def _check_arguments(equation, state: torch.Tensor, dt: float, steps: int, save_
         raise ValueError(f"dt must be positive and finite, got {dt}")
 
 
-def simulate(equation, state: torch.Tensor, dt: float, steps: int, closure=None,
-             save_every: Optional[int] = None, time: float = 0.0, method: str = "etdrk4", *,
-             save_at: Optional[Sequence[int]] = None, on_save: Optional[Callable] = None,
-             on_step: Optional[Callable] = None, check_every: Optional[int] = None) -> torch.Tensor:
-    """Integrate ``equation`` for ``steps`` steps of ``dt`` from ``state`` (physical) at model time ``time``.
+def _fixed_schedule(time: float, dt: float, steps: int, save_every: Optional[int], targets: set):
+    """``(step start time, step, save time or None)`` of each of ``steps`` steps of ``dt``."""
+    for i in range(steps):
+        saving = (save_every is not None and (i + 1) % save_every == 0) or (i + 1) in targets
+        yield time + i * dt, dt, (time + (i + 1) * dt if saving else None)
 
-    Step ``i`` (counted from 0) advances from model time ``time + i dt``. The saves
-    are the initial state and the states after every ``save_every``-th step, or
-    after the steps listed in ``save_at`` (step numbers counted from 1; 0 = the
-    initial state). Returns the final physical state, or with saves the trajectory
-    ``(batch, saves, *shape)``. Hooks (optional):
+
+def _cfl_schedule(controller: CFL, equation, time: float, save_times: Sequence[float], current: Callable):
+    """The same for `CFL` steps: each interval between save times in equal ladder steps,
+    halved where a check finds the CFL number above ``controller.cfl`` (``current()``:
+    the spectral state now)."""
+    t_start = time
+    for target in save_times:
+        length = target - t_start
+        largest = controller.largest_step(equation, current())
+        m = controller.steps_for(length, largest) if math.isfinite(largest) or math.isinf(largest) else 1
+        k = 0
+        while k < m:
+            if k and k % controller.check_every == 0:
+                largest = controller.largest_step(equation, current())
+                while math.isfinite(largest) and length / m > largest:
+                    m, k = 2 * m, 2 * k
+                    controller.steps_for(length / m, largest)  # raises when the step collapses
+            h = length / m
+            k += 1
+            yield t_start + (k - 1) * h, h, (target if k == m else None)
+        t_start = target
+
+
+def simulate(equation, state: torch.Tensor, dt, steps: Optional[int] = None, closure=None,
+             save_every: Optional[int] = None, time: float = 0.0, method: str = "etdrk4", *,
+             save_at: Optional[Sequence[int]] = None, save_times: Optional[Sequence[float]] = None,
+             on_save: Optional[Callable] = None, on_step: Optional[Callable] = None,
+             check_every: Optional[int] = None) -> torch.Tensor:
+    """Integrate ``equation`` from ``state`` (physical) at model time ``time``.
+
+    ``dt`` a float: ``steps`` steps of ``dt``; step ``i`` (counted from 0) advances
+    from model time ``time + i dt``. The saves are the initial state and the states
+    after every ``save_every``-th step, or after the steps listed in ``save_at``
+    (step numbers counted from 1; 0 = the initial state), or at the model times
+    ``save_times`` (whole multiples of ``dt`` after ``time``; ``steps`` then defaults
+    to the last of them).
+
+    ``dt`` a `solvers.CFL`: adaptive steps (`solvers.timestep`) that land exactly on
+    each of the increasing ``save_times`` (> ``time``); the run ends at the last one
+    and ``steps`` must be None. The step numbers passed to the hooks count the steps
+    taken, so that consecutive saves tell how many steps each interval took.
+
+    Returns the final physical state, or with saves the trajectory
+    ``(batch, saves, *shape)`` (the initial state first, except with ``save_at`` /
+    ``save_times`` not listing it). Hooks (optional):
 
     - ``on_save(step, time, state_hat)`` at each save (after the finiteness check);
       with it the saves are handed over instead of being kept, and the final
@@ -403,51 +445,80 @@ def simulate(equation, state: torch.Tensor, dt: float, steps: int, closure=None,
     on accelerators), at every save and at the end, and `BlowUpError` names the
     first non-finite step, its time and the batch members.
     """
-    _check_arguments(equation, state, dt, steps, save_every)
-    steps = int(steps)
-    stepper = equation.stepper(method, dt)
+    adaptive = isinstance(dt, CFL)
+    targets = set(int(s) for s in save_at) if save_at is not None else set()
+    if adaptive:
+        if steps is not None or save_every is not None or save_at is not None:
+            raise ValueError("adaptive steps (dt=CFL(...)) end on save_times: give neither steps, "
+                             "save_every nor save_at")
+        times = [float(x) for x in (save_times or [])]
+        if not times or any(b <= a for a, b in zip([time] + times, times)):
+            raise ValueError(f"save_times must increase from time={time}, got {save_times}")
+        equation.check_state(state)
+    else:
+        if save_times is not None:
+            if save_at is not None:
+                raise ValueError("give save_at or save_times, not both")
+            offsets = [(float(x) - time) / dt for x in save_times]
+            if any(abs(o - round(o)) > 1e-6 * max(1.0, abs(o)) or round(o) < 0 for o in offsets):
+                raise ValueError(f"save_times {list(save_times)} are not whole multiples of dt={dt} after "
+                                 f"time={time}")
+            targets = set(int(round(o)) for o in offsets)
+            steps = max(targets) if steps is None else steps
+        _check_arguments(equation, state, dt, steps, save_every)
+        steps = int(steps)
     grid = equation.grid
     if check_every is None:
         check_every = 1 if state.device.type == "cpu" else 50
-    targets = set(int(s) for s in save_at) if save_at is not None else set()
-    saving_any = save_every is not None or save_at is not None
+    saving_any = save_every is not None or save_at is not None or save_times is not None
     keep = saving_any and on_save is None
     w_hat = grid.to_spectral(state)
     saved = [state] if keep else None
     first_bad = torch.full((state.shape[0],), -1, dtype=torch.long, device=state.device)
     if on_save is not None and (save_every is not None or 0 in targets):
         on_save(0, time, w_hat)
+    step_times = {}
 
     def check():
         if bool((first_bad >= 0).any()):
             members = torch.nonzero(first_bad >= 0).flatten().tolist()
             step = int(first_bad[first_bad >= 0].min())
             partial = torch.stack(saved, dim=1) if saved else None
-            raise BlowUpError(step, time + step * dt, members, partial)
+            raise BlowUpError(step, step_times.get(step, math.nan), members, partial)
 
-    graph = _cuda_graph_runner(equation, stepper, w_hat, closure, steps)
+    if adaptive:
+        graph = None
+        schedule = _cfl_schedule(dt, equation, time, times, lambda: w_hat)
+    else:
+        graph = _cuda_graph_runner(equation, equation.stepper(method, dt), w_hat, closure, steps)
+        schedule = _fixed_schedule(time, dt, steps, save_every, targets)
     if graph is not None:
         first_bad = graph.first_bad
-    for i in range(steps):
-        t = time + i * dt
+    i = 0
+    for t, h, save_time in schedule:
         if graph is not None:  # the same step, replayed (steady equation, t unused)
             graph.graph.replay()
             w_hat = graph.static
         else:
-            w_hat = stepper.step(w_hat, t, closure)
+            w_hat = equation.stepper(method, h).step(w_hat, t, closure)
             with torch.no_grad():
                 bad = _nonfinite_members(w_hat, grid.ndim)
                 first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i + 1), first_bad)
-        saving = (save_every is not None and (i + 1) % save_every == 0) or (i + 1) in targets
-        if (i + 1) % check_every == 0 or saving or i + 1 == steps:
+        i += 1
+        t_end = save_time if save_time is not None else t + h
+        step_times[i] = t_end
+        if len(step_times) > 2 * check_every + 2:
+            step_times.pop(next(iter(step_times)))
+        if i % check_every == 0 or save_time is not None or (not adaptive and i == steps):
             check()
-        if saving:
+        if save_time is not None:
             if keep:
                 saved.append(grid.to_physical(w_hat))
             else:
-                on_save(i + 1, time + (i + 1) * dt, w_hat)
+                on_save(i, save_time, w_hat)
         if on_step is not None:
-            on_step(i + 1, time + (i + 1) * dt, w_hat)
+            on_step(i, t_end, w_hat)
+    check()
     if keep:
         return torch.stack(saved, dim=1)
     return grid.to_physical(w_hat)

@@ -119,6 +119,11 @@ class NavierStokes2D(SpectralEquation):
         u, v = self.velocity(state)
         return u.abs().amax(dim=(-2, -1)) + v.abs().amax(dim=(-2, -1))
 
+    def max_speed_hat(self, state_hat: torch.Tensor) -> torch.Tensor:
+        u_hat, v_hat = self.grid.velocity_hat(state_hat)
+        uv = self.grid.to_physical(torch.stack([u_hat, v_hat], dim=-3)).abs()
+        return uv.amax(dim=(-2, -1)).sum(dim=-1)
+
     # ------------------------------------------------------------------ diagnostics
     def energy(self, state: torch.Tensor) -> torch.Tensor:
         """Mean kinetic energy ``<u^2 + v^2> / 2`` per batch member."""

@@ -138,7 +138,7 @@ def test_keep_dns_false_keeps_only_the_first_dns_state(tmp_path, tiny_config, ti
     tiny_config["data"]["keep_dns"] = False
     tiny_config["dns"]["trajectories"] = 2
     ds = _load(gen.generate(config_from_dict(tiny_config), tmp_path / "k.nc", progress=False))
-    assert set(ds.data_vars) == {"omega", "sgs", "omega_dns_t0"}
+    assert set(ds.data_vars) == {"omega", "sgs", "omega_dns_t0", "dns_steps"}
     assert ds["omega_dns_t0"].dims == ("trajectory", "y_dns", "x_dns")
     # it is the DNS field of the first snapshot (the keep_dns dataset's copy, same trajectories)
     full = _load(tiny_dataset)
@@ -177,7 +177,7 @@ def test_layout_uses_every_core_and_splits_the_trajectories(tiny_config):
     config = config_from_dict(tiny_config)
     layout = choose_layout(config, cores=2)
     assert (layout.workers, layout.threads, layout.batch_size) == (2, 1, 4)
-    assert "2 worker processes x 1 torch thread(s)" in layout.describe(8)
+    assert "2 worker processes x 1 torch thread(s)" in layout.describe()
     assert choose_layout(config, cores=16).workers == 8          # no more processes than trajectories
     assert choose_layout(config, cores=1).in_process
     assert choose_layout(config, cores=4, workers=1).in_process   # overrides
@@ -191,3 +191,27 @@ def test_layout_keeps_small_jobs_in_process(tiny_config):
 
     layout = choose_layout(config_from_dict(tiny_config), cores=8)
     assert layout.in_process and "small job" in layout.reason
+
+
+def test_adaptive_dt_lands_on_the_sample_times_and_matches_a_small_fixed_dt(tmp_path, tiny_config):
+    tiny_config["dtype"] = "float64"
+    tiny_config["dns"].update(trajectories=2, batch_size=2, dt=0.002)
+    fine = gen.simulate_batch(config_from_dict(tiny_config), [0, 1])
+    tiny_config["dns"].update(dt="auto", cfl=0.5)
+    config = config_from_dict(tiny_config)
+    path = gen.generate(config, tmp_path / "auto.nc", progress=False)
+    ds = _load(path)
+    np.testing.assert_array_equal(ds["time"].values, config.dns.sample_times())   # exactly
+    steps = ds["dns_steps"].values
+    assert steps.shape == (2, 4) and (steps > 0).all() and (steps[0] == steps[1]).all()
+    assert (fine.steps == [200, 50, 50, 50]).all()     # the fixed-dt run records its steps too
+    assert steps.sum() < fine.steps.sum() / 2           # larger steps than the small fixed dt
+    assert ds.attrs["dt"] == "auto"
+    err = np.linalg.norm(ds["omega"].values - fine.field) / np.linalg.norm(fine.field)
+    assert 1e-12 < err < 1e-5, err
+
+
+def test_adaptive_dt_needs_a_steady_forcing(tiny_burgers_config):
+    tiny_burgers_config["dns"]["dt"] = "auto"
+    with pytest.raises(ClosureError, match="steady forcing"):
+        config_from_dict(tiny_burgers_config)

@@ -352,3 +352,51 @@ def test_cuda_gradients_flow():
     w = smooth_state(kolmogorov(16)).cuda().requires_grad_(True)
     eq.simulate(w, dt=0.05, steps=3).pow(2).mean().backward()
     assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+def test_cfl_steps_land_on_the_save_times_and_converge_at_fourth_order():
+    eq = kolmogorov(32)
+    w0 = smooth_state(eq, seeds=(1, 2))
+    times = [0.3, 0.65, 1.0]   # not multiples of any step the controller picks
+    ref = eq.simulate(w0, dt=1e-3, save_times=times)
+    errors = []
+    for cfl in (0.8, 0.4):
+        seen = []
+        out = eq.simulate(w0, solvers.CFL(cfl=cfl), save_times=times,
+                          on_save=lambda step, t, w_hat: seen.append((step, t)))
+        assert [t for _, t in seen] == times                       # exactly, not summed
+        assert seen[0][0] > 1 and seen[-1][0] > seen[0][0]         # steps counted
+        traj = eq.simulate(w0, solvers.CFL(cfl=cfl), save_times=times)
+        assert traj.shape[1] == 4 and torch.equal(traj[:, 0], w0) and torch.equal(traj[:, -1], out)
+        errors.append(((traj[:, 1:] - ref[:, 1:]).norm() / ref.norm()).item())
+    assert errors[0] < 1e-4
+    assert errors[0] / errors[1] > 10, errors                     # halving cfl: ~16x (fourth order)
+
+
+def test_cfl_halves_the_step_when_the_flow_speeds_up_and_still_lands():
+    # a nearly resting fluid under strong forcing: the first step size is too large later
+    eq = solvers.NavierStokes2D(32, viscosity=0.02, forcing=solvers.Kolmogorov(2, 20.0), dtype=F64)
+    w0 = 1e-3 * smooth_state(eq)
+    steps = []
+    out = eq.simulate(w0, solvers.CFL(cfl=0.5, max_dt=0.05, check_every=1), save_times=[1.0],
+                      on_step=lambda step, t, w_hat: steps.append(t))
+    ref = eq.simulate(w0, 1e-3, 1000)
+    assert ((out[:, -1] - ref).norm() / ref.norm()).item() < 1e-3
+    dts = torch.diff(torch.tensor([0.0] + steps, dtype=F64))
+    assert steps[-1] == 1.0
+    assert dts[0] == dts.max() <= 0.05 and dts.min() < dts.max() / 3   # halved (at least twice)
+    u_max = eq.max_speed(ref)
+    assert (dts[-1] * u_max.max() / eq.grid.spacing).item() <= 0.5 * 1.01
+
+
+def test_cfl_arguments_are_checked():
+    eq = kolmogorov(16)
+    w0 = smooth_state(eq)
+    with pytest.raises(ValueError, match="save_times"):
+        eq.simulate(w0, solvers.CFL(), save_times=[0.5, 0.2])
+    with pytest.raises(ValueError, match="adaptive"):
+        eq.simulate(w0, solvers.CFL(), 10, save_times=[0.5])
+    with pytest.raises(ValueError, match="cfl"):
+        solvers.CFL(cfl=0)
+    with pytest.raises(ValueError, match="multiples"):
+        eq.simulate(w0, 0.1, save_times=[0.25])

@@ -5,6 +5,9 @@ A dataset holds, for ``trajectory`` independent runs and ``time`` snapshots,
     omega | u   the filtered field  P G w            (trajectory, time, [y,] x)
     sgs         the exact SGS term  P G R(w) - R_les(P G w)
     omega_dns | u_dns   the DNS field w (only with data.keep_dns), on (y_dns,) x_dns
+    dns_steps   DNS time steps taken before each snapshot, since the previous one
+                (the first: since the initial condition)  (trajectory, time); with
+                ``dns.dt: auto`` they follow the flow's velocity (CFL)
     omega_dns_t0 | u_dns_t0   the DNS field w at each trajectory's first snapshot
                 (trajectory, [y_dns,] x_dns), always stored (1D and 2D): the initial state
                 of the plain-solver resolution ladder (`closure.les.ladder`)
@@ -165,7 +168,8 @@ def _version() -> str:
 # --------------------------------------------------------------------------- building
 def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[float],
                   trajectory_ids: Sequence[int], dns_field: Optional[np.ndarray] = None,
-                  created: Optional[str] = None, dns_start: Optional[np.ndarray] = None) -> xr.Dataset:
+                  created: Optional[str] = None, dns_start: Optional[np.ndarray] = None,
+                  dns_steps: Optional[np.ndarray] = None) -> xr.Dataset:
     """The contract's dataset from arrays ``(trajectory, time, *space)`` and a `Config`.
 
     ``dns_field``: the DNS fields of every snapshot (``keep_dns``); ``dns_start``: the DNS
@@ -209,6 +213,11 @@ def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[fl
         data_vars[start] = (("trajectory",) + spatial_dims(s.equation, dns=True), np.asarray(dns_start, dtype=dtype),
                             {"long_name": _LONG_NAMES[start], "units": _UNITS[name],
                              "time": float(np.asarray(times, dtype=np.float64)[0])})
+    if dns_steps is not None:  # (time,) shared by the batch, or (trajectory, time)
+        steps = np.broadcast_to(np.asarray(dns_steps, dtype=np.int64), np.shape(field)[:2])
+        data_vars["dns_steps"] = (("trajectory", "time"), steps.astype(np.int32), {
+            "long_name": "DNS time steps taken before the snapshot, since the previous one "
+                         "(the first: since the initial condition)", "units": "1"})
     attrs = global_attrs(config, created)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
@@ -232,7 +241,7 @@ def global_attrs(config, created: Optional[str] = None) -> dict:
         "les_resolution": int(n_les),
         "filter": json.dumps(dict(config.les.filter.model_dump(mode="json"),
                                   filter_width=config.les.filter.width * s.length / n_les), sort_keys=True),
-        "dt": float(config.dns.dt),
+        "dt": "auto" if config.dns.adaptive else float(config.dns.dt),
         "config": config_to_yaml(config),
         "closure_version": _version(),
         "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -36,7 +36,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from solvers import BlowUpError
+from solvers import CFL, BlowUpError
 
 from closure.data import dataset as ds_io
 from closure.data.parallelism import choose_layout
@@ -89,13 +89,16 @@ class BatchResult:
     sgs: np.ndarray
     dns: Optional[np.ndarray]
     dns_start: Optional[np.ndarray] = None  # (batch, *dns grid): the DNS field at the first snapshot
+    steps: Optional[np.ndarray] = None   # DNS steps taken before each snapshot (since the previous one)
 
 
 def simulate_batch(config: Config, ids: Sequence[int], device=None,
                    on_steps: Optional[Callable[[int], None]] = None) -> BatchResult:
     """Integrate the trajectories ``ids`` together and return their filtered snapshots and SGS terms.
 
-    Raises `ClosureError` naming the trajectory and the model time if the DNS blows up.
+    ``on_steps(k)`` reports progress: ``k`` steps (fixed ``dns.dt``) or ``k`` units of
+    model time (``dns.dt: auto``). Raises `ClosureError` naming the trajectory and the
+    model time if the DNS blows up.
     """
     ids = [int(i) for i in ids]
     n_real = len(ids)
@@ -114,7 +117,7 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
     dt = d.dt
     grid = dns.grid
     keep = config.data.keep_dns
-    fields, sgss, dnss, times, first = [], [], [], [], []
+    fields, sgss, dnss, times, first, steps = [], [], [], [], [], []
 
     def snapshot(step: int, time: float, w_hat: torch.Tensor):
         field_hat, s_hat = sgs_hat(w_hat, dns, les, filt)
@@ -125,27 +128,43 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
         if not first:  # the DNS state at the first snapshot is always kept (the ladder starts from it)
             first.append(grid.to_physical(w_hat).cpu().numpy()[:n_real])
         times.append(time)
+        steps.append(step)
 
-    # absolute step numbers of the snapshots
-    targets = [d.spinup_steps + j * d.sample_steps for j in range(d.samples)]
-    on_step = None if on_steps is None else (lambda step, time, w_hat: on_steps(1))
     state = initial_state(config, grid, seeds).to(device=device, dtype=dtype)
+    check_every = 1 if device.type == "cpu" else 20
+    if d.adaptive:  # steps from the velocity, landing on the sample times
+        clock = [0.0]
+
+        def on_step(step, time, w_hat):
+            on_steps(time - clock[0])
+            clock[0] = time
+
+        run = dict(dt=CFL(cfl=d.cfl, max_dt=d.max_dt or math.inf), save_times=d.sample_times())
+        advice = f"dns.dt=auto, dns.cfl={d.cfl:g}); lower dns.cfl or raise dns.resolution"
+    else:  # absolute step numbers of the snapshots
+        targets = [d.spinup_steps + j * d.sample_steps for j in range(d.samples)]
+        on_step = lambda step, time, w_hat: on_steps(1)  # noqa: E731
+        run = dict(dt=dt, steps=targets[-1], save_at=targets)
+        advice = f"dns.dt={dt:g}); reduce dns.dt or raise dns.resolution"
     with torch.no_grad():
         try:
-            dns.simulate(state, dt, targets[-1], method=d.integrator, save_at=targets, on_save=snapshot,
-                         on_step=on_step, check_every=1 if device.type == "cpu" else 20)
+            dns.simulate(state, method=d.integrator, on_save=snapshot, check_every=check_every,
+                         on_step=None if on_steps is None else on_step, **run)
         except BlowUpError as err:
             names = ", ".join(str(i) for i in sorted({ids[m] for m in err.members}))
             raise ClosureError(f"DNS blew up: trajectory {names} became non-finite at t = {err.time:.6g} "
-                               f"(step {err.step}, dns.dt={dt:g}); reduce dns.dt or raise dns.resolution") from None
+                               f"(step {err.step}, {advice}") from None
+        except ValueError as err:  # an adaptive step that collapsed
+            raise ClosureError(f"DNS of trajectories {ids[:n_real]}: {err}") from None
     stack = lambda xs: np.stack(xs, axis=1)[:n_real]  # noqa: E731  (batch, time, *space)
     return BatchResult(ids[:n_real], np.asarray(times, dtype=np.float64), stack(fields), stack(sgss),
-                       stack(dnss) if keep else None, first[0] if first else None)
+                       stack(dnss) if keep else None, first[0] if first else None,
+                       np.diff(np.asarray([0] + steps, dtype=np.int64)))
 
 
 def _part_dataset(config: Config, result: BatchResult):
     return ds_io.build_dataset(config, result.field, result.sgs, result.times, result.ids, dns_field=result.dns,
-                               dns_start=result.dns_start)
+                               dns_start=result.dns_start, dns_steps=result.steps)
 
 
 def _write_part(config: Config, ids: Sequence[int], path: Path, device=None,
@@ -215,13 +234,13 @@ def generate(config: Config, output=None, *, scheduler: Optional[str] = None, wo
     paths = [parts_dir / part_name(ids) for ids in parts]
     todo = [(ids, p) for ids, p in zip(parts, paths) if not _part_is_done(p, key)]
     d = config.dns
-    steps_per_traj = d.spinup_steps + (d.samples - 1) * d.sample_steps
+    # progress: trajectory-steps (fixed dt) or trajectory-model-time (dt: auto)
+    steps_per_traj = d.sample_times()[-1] if d.adaptive else d.spinup_steps + (d.samples - 1) * d.sample_steps
     n_done = len(parts) - len(todo)
-    log.info("generate %s: %d trajectories x %d snapshots, DNS %d -> LES %d, %d part(s)%s",
+    log.info("generate %s: %d trajectories x %d snapshots, DNS %d -> LES %d, %d part(s)%s; %s",
              output, d.trajectories, d.samples, d.resolution, config.les.resolution, len(parts),
-             f" ({n_done} already done)" if n_done else "")
-    if scheduler is None:
-        log.info("generate: %s", layout.describe(d.trajectories))
+             f" ({n_done} already done)" if n_done else "",
+             f"scheduler {scheduler}" if scheduler is not None else layout.describe())
     parts_dir.mkdir(parents=True, exist_ok=True)
     storage.remove_stale_temps(parts_dir)  # part files half-written by a killed run
     start = _time.perf_counter()
@@ -262,7 +281,8 @@ def _run_in_process(config: Config, todo, steps_per_traj: int, progress: Optiona
     if on_cpu and threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        with progress_bar(total=total, desc="generate", unit="traj-step", enabled=progress) as bar:
+        unit = "traj-time" if config.dns.adaptive else "traj-step"
+        with progress_bar(total=total, desc="generate", unit=unit, enabled=progress) as bar:
             for ids, path in todo:
                 _write_part(config, ids, path, on_steps=lambda k, n=len(ids): bar.update(k * n))
                 _part_written(path)

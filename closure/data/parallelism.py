@@ -48,11 +48,9 @@ class Layout:
     def in_process(self) -> bool:
         return self.workers == 1
 
-    def describe(self, trajectories: int) -> str:
-        parts = math.ceil(trajectories / self.batch_size)
+    def describe(self) -> str:
         where = "in this process" if self.in_process else f"{self.workers} worker processes"
-        return (f"{where} x {self.threads} torch thread(s) on {self.device}, {parts} part(s) of "
-                f"<= {self.batch_size} trajectories ({self.reason})")
+        return f"{where} x {self.threads} torch thread(s) on {self.device} ({self.reason})"
 
 
 def usable_cores() -> int:
@@ -89,7 +87,11 @@ def choose_layout(config: Config, workers: Optional[int] = None, threads: Option
     if workers is not None:
         n, reason = int(workers), "--workers"
     else:
-        steps = d.spinup_steps + (d.samples - 1) * d.sample_steps
+        if d.adaptive:  # steps unknown before the run: a guess with a unit velocity
+            dx = config.system.length / d.resolution
+            steps = d.sample_times()[-1] / min(d.max_dt or math.inf, d.cfl * dx)
+        else:
+            steps = d.spinup_steps + (d.samples - 1) * d.sample_steps
         work = n_traj * steps * d.resolution ** config.system.ndim
         if cores == 1 or n_traj == 1:
             n, reason = 1, f"{cores} core(s), {n_traj} trajectory(ies)"

@@ -59,6 +59,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from solvers import CFL
+
 from closure.data import dataset as ds_io
 from closure.data.system import dns_equation, initial_state, les_equation, trajectory_seeds
 from closure.les.baselines import BASELINES, is_baseline, make_closure
@@ -163,21 +165,24 @@ def _time_dns(config, batch, device, dtype, max_steps, budget_s):
     eq = dns_equation(config, dtype=dtype, device=device, seeds=seeds)
     state = initial_state(config, eq.grid, seeds).to(device=device, dtype=dtype)
     d = config.dns
+    dt = d.dt
+    if d.adaptive:  # the CFL step of the initial state (the step the run starts with)
+        dt = CFL(cfl=d.cfl, max_dt=d.max_dt or d.sample_interval).largest_step(eq, eq.grid.to_spectral(state))
     with torch.no_grad():
         _sync(eq.device)
         start = _time.perf_counter()
-        state = eq.simulate(state, d.dt, 1, method=d.integrator)  # warm-up (plans, caches)
+        state = eq.simulate(state, dt, 1, method=d.integrator)  # warm-up (plans, caches)
         _sync(eq.device)
         first = _time.perf_counter() - start
         steps = max(2, min(max_steps, int(budget_s / max(first, 1e-9))))
         if eq.device.type != "cpu":  # a second warm-up: the CUDA graph of `steps`-step runs
-            state = eq.simulate(state, d.dt, steps, time=d.dt, method=d.integrator)
+            state = eq.simulate(state, dt, steps, time=dt, method=d.integrator)
         _sync(eq.device)
         start = _time.perf_counter()
-        eq.simulate(state, d.dt, steps, time=d.dt, method=d.integrator)
+        eq.simulate(state, dt, steps, time=dt, method=d.integrator)
         _sync(eq.device)
         elapsed = _time.perf_counter() - start
-    return elapsed / (steps * d.dt)
+    return elapsed / (steps * dt)
 
 
 def dns_cost(ds, data_config: Config, batch: int, device, dtype) -> tuple[float, str]:
@@ -415,7 +420,7 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
         "model": label,
         "model_source": model_str if is_baseline(model_str) else str(Path(model_str).resolve()),
         "dt": float(run.dt),
-        "dns_dt": float(data_config.dns.dt),
+        "dns_dt": "auto" if data_config.dns.adaptive else float(data_config.dns.dt),
         "integrator": run.integrator,
         "reference": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
         "reference_identity": identity,
