@@ -120,9 +120,12 @@ class NavierStokes2D(SpectralEquation):
         return u.abs().amax(dim=(-2, -1)) + v.abs().amax(dim=(-2, -1))
 
     def max_speed_hat(self, state_hat: torch.Tensor) -> torch.Tensor:
-        u_hat, v_hat = self.grid.velocity_hat(state_hat)
-        uv = self.grid.to_physical(torch.stack([u_hat, v_hat], dim=-3)).abs()
-        return uv.amax(dim=(-2, -1)).sum(dim=-1)
+        """``max|u| + max|v|`` of the 2/3-truncated field (the velocity that advects), per
+        batch member, from the spectral state: the pruned inverse transforms of the step."""
+        n, kept = self.n, self._kept_columns
+        uv_hat = self._velocity_ops_kept * state_hat[..., :kept].unsqueeze(-3)
+        uv = torch.fft.irfft(torch.fft.ifft(uv_hat, dim=-2), n=n, dim=-1)
+        return uv.abs().amax(dim=(-2, -1)).sum(dim=-1)
 
     # ------------------------------------------------------------------ diagnostics
     def energy(self, state: torch.Tensor) -> torch.Tensor:
