@@ -681,13 +681,25 @@ HOW_IT_IS_FAST = """What the solver does to be fast (solvers/navier_stokes.py, b
 - Pruned transforms: after the 2/3 truncation only the columns m_x <= n/3 are non-zero, so
   the inverse is a complex FFT over y on those columns then a zero-padded real inverse FFT over
   x, and the forward a real FFT over x then a complex FFT over y on the kept columns only
-  (same sums as irfftn/rfftn; torch's multi-dimensional irfftn is also markedly slower on the
-  CPU than these two 1D calls). 4 real FFTs per stage (Basdevant form), u and v batched.
-- When autograd does not record (no grad mode, or no input requiring grad and no closure
-  output requiring grad), the steppers and the nonlinear term run fused in-place real
-  multiply-adds on `view_as_real` views, with coefficients precomputed as real tensors
-  duplicated on the trailing axis (no real-to-complex promotion, few temporaries). The
-  differentiable path is the plain expression; both agree to roundoff (1e-16 in float64).
+  (same sums as irfftn/rfftn, about half the work). 4 real FFTs per stage (Basdevant form),
+  u and v (and the two products) batched in one call each.
+- The kept-columns step (`NavierStokes2D.kept_block`, no autograd, no closure, a steady
+  forcing on the kept columns): outside the kept columns N + f = 0, so those modes get the
+  exact linear factor e^{dt L} once per step and only the kept third of the spectrum enters
+  the stages (ETDRK4 and CN-RK4). There the state is stored [m_x, m_y]-ordered: the y
+  transforms run on contiguous rows and each stage needs two transposing copies, whose
+  source rows are padded so that they are not a power of two bytes apart (a 4 KiB row
+  stride maps a whole column onto one cache set: the copy was ~6x slower). Work buffers
+  (the zero-padded half spectrum, the products) are allocated once per thread and batch.
+- The multiply-adds between transforms run fused in place on `view_as_real` views, with the
+  coefficients precomputed once as real tensors (no real-to-complex promotion). The
+  differentiable path (autograd recording) is the plain expression over the full spectrum;
+  the two agree to roundoff (1e-16 in float64, tested).
+- What is left above the FFT floor is the elementwise work: ~11 multiply-adds per step on the
+  kept columns, ~3 per stage in the nonlinear term, the transposing copies and the packing
+  of the state. Fusing them needs a compiler (TorchInductor does not generate code for
+  complex tensors; compiling the real-view multiply-adds between the FFT calls was not
+  tried here).
 - The per-step non-finite check is one flat reduction per batch member (no host sync on GPUs
   except every 50 steps).
 - On CUDA, `simulate` replays one captured CUDA graph per step for small states (no autograd,
