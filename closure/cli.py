@@ -2,6 +2,7 @@
 
     closure generate CONFIG [-o DATASET.nc] [--scheduler ADDR | --workers N] [--overwrite] [--set KEY=VALUE ...]
     closure train    CONFIG --data DATASET.nc [-o RUN_DIR] [--resume] [--init RUN_DIR] [--overwrite] [--set ...]
+    closure calibrate CONFIG --data DATASET.nc --model smagorinsky|leith|dynamic_smagorinsky [-o RUN_DIR] [--overwrite] [--set ...]
     closure les      CONFIG --model MODEL --data DATASET.nc -o LES.nc [--overwrite] [--set ...]
                      (MODEL: a run directory, a baseline, or the plain solver plain@N / plain@Fx[:filtered])
     closure evaluate --reference DATASET.nc LES.nc [LES.nc ...] -o REPORT_DIR
@@ -145,6 +146,27 @@ def cmd_les(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    config = _load(args)
+    data = _require_file(args.data, "dataset file")
+    run_dir = Path(args.output) if args.output else Path("runs") / _stem(args.config) / f"{args.model}_calibrated"
+    _refuse_inputs(run_dir, data, args.config)
+    from closure.config import config_to_yaml
+    from closure.pipeline import refuse_replacing
+    from closure.training.calibrate import calibrate
+
+    with _lock(run_dir):
+        stored = run_dir / "config.yaml"
+        reason = None
+        if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "calibration.json").is_file():
+            reason = "is not a calibration run directory"
+        elif stored.is_file() and stored.read_text() != config_to_yaml(config):
+            reason = "was calibrated with another config"
+        refuse_replacing(run_dir, reason, args.overwrite)
+        print(calibrate(config, data, args.model, run_dir))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     reference = _require_file(args.reference, "reference dataset file")
     runs = [_require_file(r, "LES file") for r in args.runs]
@@ -268,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="RUN_DIR", help="initialise the weights from another run")
     with_overwrite(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="fit a classical closure's constant a-posteriori on validation trajectories")
+    with_config(p)
+    p.add_argument("--data", required=True, metavar="DATASET.nc")
+    p.add_argument("--model", required=True, choices=["smagorinsky", "leith", "dynamic_smagorinsky"])
+    p.add_argument("-o", "--output", metavar="RUN_DIR",
+                   help="run directory (default runs/<config stem>/<model>_calibrated)")
+    with_overwrite(p)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("les", help="run the coupled LES with a closure")
     with_config(p)

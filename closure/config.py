@@ -281,6 +281,22 @@ class RunConfig(Section):
         return self
 
 
+class CalibrateConfig(Section):
+    """Classical constants fitted a-posteriori (`closure calibrate`, docs/baselines.md).
+
+    ``models``: the classical closures the pipeline calibrates (reported as
+    ``<model>_calibrated`` next to the defaults); ``iterations`` Adam steps of rate
+    ``lr`` on the log of the constant, on the unrolled loss of windows of
+    ``unroll_steps`` LES steps, ``windows_per_trajectory`` per validation trajectory.
+    """
+
+    models: list[Literal["smagorinsky", "leith", "dynamic_smagorinsky"]] = Field(default_factory=list)
+    iterations: PositiveInt = 20
+    lr: PositiveFloat = 0.1
+    unroll_steps: PositiveInt = 32
+    windows_per_trajectory: PositiveInt = 2
+
+
 class SweepConfig(Section):
     """The normalization study (`closure sweep`, closure/study/).
 
@@ -334,6 +350,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     # the file this config was loaded from (not a key; set by load_config, used for default output names)
     _source: Optional[str] = PrivateAttr(default=None)

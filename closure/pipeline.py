@@ -7,14 +7,18 @@ Layout of ``out_dir``::
     config.yaml          the resolved config of the last pipeline run
     dataset.nc           closure.data.generation.generate(config, ...)
     train/               closure.training.trainer.train(config, dataset, ...)  (only if run.models needs it)
+    calibrate/<model>_calibrated/   closure.training.calibrate.calibrate(config, dataset, model, ...)
+                         for every model in calibrate.models (classical constants fitted on the
+                         validation trajectories; run as the LES model ``<model>_calibrated``)
     les/<model>.nc       closure.les.coupled.run_les(config, model, dataset, ...) for every model in run.models
     report/              closure.evaluation.compare.evaluate(dataset, les files, ...)
 
     les/plain@N[_filtered].nc   closure.les.ladder.run_plain for every rung of run.ladder x run.ladder_starts
 
 ``run.models`` holds baseline names (``none``, ``smagorinsky``,
-``dynamic_smagorinsky``, ``leith``), ``learned`` (the model trained in
-``train/``) or paths of other training run directories.
+``dynamic_smagorinsky``, ``leith``, ``dealias_residual`` or ``+`` sums), ``learned``
+(the model trained in ``train/``) or paths of other training or calibration run
+directories; ``calibrate.models`` adds the calibrated classical closures.
 
 Resuming: a stage whose outputs exist and were made from the same config (the
 sections that determine them) and from the current inputs is skipped, so an
@@ -54,6 +58,7 @@ __all__ = ["pipeline", "dataset_is_current", "training_is_current", "les_key", "
            "training_made_elsewise", "refuse_replacing"]
 
 TRAIN_SECTIONS = ("seed", "dtype", "system", "initial", "dns", "les", "data", "model", "train")
+CALIBRATE_SECTIONS = ("seed", "dtype", "system", "initial", "dns", "les", "data", "train", "run", "calibrate")
 
 
 def _say(message: str, *args) -> None:
@@ -185,6 +190,27 @@ def _checkpoint_resumable(config: Config, run_dir: Path, dataset: Path) -> bool:
         return checkpoint.get("dataset") == dataset_identity(ds)
 
 
+def calibration_is_current(config: Config, run_dir: Path, dataset: Path) -> bool:
+    """True if ``run_dir`` holds a calibration made with the same config on the current dataset."""
+    from closure.les.baselines import CALIBRATION_FILE
+
+    record, stored = run_dir / CALIBRATION_FILE, run_dir / "config.yaml"
+    if not (record.is_file() and stored.is_file()):
+        return False
+    try:
+        old = yaml.safe_load(stored.read_text())
+    except yaml.YAMLError:
+        return False
+    if not isinstance(old, dict) or not isinstance(old.get("run"), dict):
+        return False
+    new = config_to_dict(config)
+    for d in (old, new):  # of the run section, the LES step and the default constants matter
+        d["run"] = {k: d["run"].get(k) for k in ("dt", "integrator", "smagorinsky_cs", "leith_cl")}
+    if _relevant(old, CALIBRATE_SECTIONS) != _relevant(new, CALIBRATE_SECTIONS):
+        return False
+    return record.stat().st_mtime >= dataset.stat().st_mtime
+
+
 def _file_stamp(path: Path) -> dict:
     st = path.stat()
     return {"size": st.st_size, "mtime": round(st.st_mtime, 3)}
@@ -198,7 +224,10 @@ def les_key(config: Config, model: str, dataset: Path, model_dir: Optional[Path]
     key = {"run": d["run"], "device": d["device"], "dtype": d["dtype"], "data": d["data"], "model": model,
            "dataset": generation_key(config), "dataset_file": _file_stamp(dataset)}
     if model_dir is not None:
-        key["model_file"] = _file_stamp(model_dir / "model.pt")
+        from closure.les.baselines import CALIBRATION_FILE
+
+        model_file = model_dir / "model.pt"
+        key["model_file"] = _file_stamp(model_file if model_file.is_file() else model_dir / CALIBRATION_FILE)
     key["run"] = {k: v for k, v in key["run"].items() if k != "models"}
     return json.dumps(key, sort_keys=True)
 
@@ -278,6 +307,20 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
                 (run_dir / "model.pt").unlink(missing_ok=True)
                 train(config, dataset, run_dir, resume=resume)
     timings["train"] = _time.perf_counter() - start
+
+    # ------------------------------------------------------------------ 2b. calibrate
+    start = _time.perf_counter()
+    for m in config.calibrate.models:
+        cal_dir = out_dir / "calibrate" / f"{m}_calibrated"
+        if calibration_is_current(config, cal_dir, dataset):
+            _say("pipeline: calibration %s is up to date, skipping", cal_dir)
+        else:
+            from closure.training.calibrate import calibrate
+
+            _say("pipeline: [2/4] calibrate %s -> %s", m, cal_dir)
+            calibrate(config, dataset, m, cal_dir)
+        models.append(str(cal_dir))
+    timings["calibrate"] = _time.perf_counter() - start
 
     # ------------------------------------------------------------------ 3. les
     les_dir = out_dir / "les"

@@ -23,7 +23,7 @@ def test_aposteriori_fine_tuning_writes_a_run_and_lowers_the_unrolled_loss(which
     data = request.getfixturevalue("tiny_dataset" if which == "2d" else "tiny_burgers_dataset")
     raw["train"].update({"epochs": 1})
     apriori = train(config_from_dict(raw), data, tmp_path / "apriori", progress_enabled=False, apriori=False)
-    raw["train"].update({"mode": "aposteriori", "optimizer": "adam", "lr": 1e-3, "epochs": 3,
+    raw["train"].update({"mode": "aposteriori", "optimizer": "adam", "lr": 0.1, "epochs": 3,
                          "unroll_steps": 5, "unroll_max_steps": 10, "unroll_batch": 2, "windows_per_epoch": 4})
     run = train_aposteriori(config_from_dict(raw), data, tmp_path / "post", init=apriori, progress_enabled=False)
     for name in ("model.pt", "config.yaml", "splits.json", "history.csv", "metrics.json", "training_curve.png"):
@@ -33,6 +33,25 @@ def test_aposteriori_fine_tuning_writes_a_run_and_lowers_the_unrolled_loss(which
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["training"]["epochs_run"] == 3
     assert "apriori" in metrics
+    # the unrolled loss on the validation trajectories (the longest unroll) is lower than the a-priori model's
+    before, after = (_validation_loss(load_model(r / "model.pt"), config_from_dict(raw), data) for r in (apriori, run))
+    assert after < 0.998 * before, (before, after)  # fails if fine-tuning leaves the weights unchanged
+
+
+def _validation_loss(model, config, data) -> float:
+    from closure.data.dataset import open_dataset, split_trajectories
+    from closure.training.unroll import _fixed_windows, steps_per_sample, windows_loss
+
+    ds = open_dataset(data)
+    per_sample = steps_per_sample(float(ds["time"][1] - ds["time"][0]), config.run.dt)
+    samples = min(config.train.unroll_max_steps // per_sample, ds.sizes["time"] - 1)
+    splits = split_trajectories(ds.sizes["trajectory"], config.data.validation_fraction, config.data.test_fraction,
+                                config.seed)
+    windows = _fixed_windows(ds.sizes["time"], samples, splits["validation"])
+    model = model.to(torch.float64 if config.dtype == "float64" else torch.float32).eval()
+    with torch.no_grad():
+        return float(windows_loss(model, config, ds, windows, samples, per_sample,
+                                  dtype=next(model.parameters()).dtype))
 
 
 def test_history_records_unroll_length_and_skipped_windows(tmp_path, tiny_config, tiny_dataset):

@@ -66,13 +66,18 @@ def test_pipeline_end_to_end_and_resume(tiny_config, tmp_path):
                                                                               "leith"} | LADDER
 
 
-def test_pipeline_without_learned_skips_training(tiny_config, tmp_path):
+def test_pipeline_without_learned_skips_training_and_reports_calibrated_models(tiny_config, tmp_path):
     tiny_config["run"]["models"] = ["none", "dynamic_smagorinsky"]
     tiny_config["run"]["ladder"] = []  # off
+    tiny_config["calibrate"] = {"models": ["smagorinsky"], "iterations": 2, "unroll_steps": 10}
     pipeline(config_from_dict(tiny_config), tmp_path / "b")
     assert not (tmp_path / "b" / "train").exists()
-    assert set(json.loads((tmp_path / "b" / "report" / "metrics.json").read_text())) == {"none",
-                                                                                       "dynamic_smagorinsky"}
+    assert set(json.loads((tmp_path / "b" / "report" / "metrics.json").read_text())) == {
+        "none", "dynamic_smagorinsky", "smagorinsky_calibrated"}
+    record = tmp_path / "b" / "calibrate" / "smagorinsky_calibrated" / "calibration.json"
+    stamp = record.stat().st_mtime_ns
+    pipeline(config_from_dict(tiny_config), tmp_path / "b")  # resumes: the calibration is current
+    assert record.stat().st_mtime_ns == stamp
 
 
 def test_pipeline_rejects_unknown_models(tiny_config, tmp_path):

@@ -63,7 +63,7 @@ from solvers import CFL
 
 from closure.data import dataset as ds_io
 from closure.data.system import dns_equation, initial_state, les_equation, trajectory_seeds
-from closure.les.baselines import BASELINES, is_baseline, make_closure
+from closure.les.baselines import BASELINES, CALIBRATION_FILE, is_baseline, is_calibrated_run, make_closure
 from closure.config import Config, resolve_device, resolve_dtype
 from closure import storage
 from closure.errors import ClosureError
@@ -305,6 +305,20 @@ def _check_model(model: str, cfg: Config, var: str, identity: str, source) -> No
                     "so it runs; its test split refers to its own dataset", path, stored["dataset"], source, identity)
 
 
+def _check_calibration(run_dir: str, cfg: Config, var: str) -> None:
+    """Refuse a calibration made for another equation, grid or field (its ``calibration.json``)."""
+    from closure.nn.io import check_made_for
+
+    path = Path(run_dir) / CALIBRATION_FILE
+    try:
+        stored = json.loads(path.read_text()).get("made_for", {})
+    except (OSError, ValueError, AttributeError):
+        raise ClosureError(f"{path}: unreadable or malformed calibration record") from None
+    check_made_for(path, stored if isinstance(stored, dict) else {},
+                   {"equation": cfg.system.equation, "les_resolution": cfg.les.resolution,
+                    "length": cfg.system.length, "field": var})
+
+
 def made_by(path: Union[str, Path], config: Config, model: Union[str, Path], data) -> bool:
     """True if the LES file ``path`` was run with this ``model`` from ``data`` with the same run settings.
 
@@ -346,8 +360,9 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
         if not path.exists():
             raise ClosureError(f"--model {model_str!r}: neither a training run directory nor one of "
                                f"{', '.join(BASELINES)}")
-        if path.is_dir() and not (path / "model.pt").is_file():
-            raise ClosureError(f"{path}: not a training run directory (no model.pt)")
+        if path.is_dir() and not (path / "model.pt").is_file() and not is_calibrated_run(path):
+            raise ClosureError(f"{path}: not a training run directory (no model.pt) nor a calibration run "
+                               f"(no {CALIBRATION_FILE})")
     label = name or model_label(model_str)
 
     ds = ds_io.open_dataset(data) if not hasattr(data, "data_vars") else data
@@ -357,7 +372,9 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     equation_name = cfg.system.equation
     var = ds_io.field_name(equation_name)
     identity = ds_io.dataset_identity(ds)
-    if not is_baseline(model_str):
+    if is_calibrated_run(model_str):
+        _check_calibration(model_str, cfg, var)
+    elif not is_baseline(model_str):
         _check_model(model_str, cfg, var, identity, source)
 
     # ---------------------------------------------------------------- times

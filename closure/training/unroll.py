@@ -26,7 +26,7 @@ import torch
 
 from solvers import simulate_checkpointed
 
-__all__ = ["rollout", "trajectory_loss", "window_loss"]
+__all__ = ["rollout", "trajectory_loss", "window_loss", "windows_loss"]
 
 
 def rollout(equation, closure: Optional[Callable], field: torch.Tensor, dt: float, steps: int,
@@ -150,6 +150,37 @@ def _window_equation(config, windows, ids, dtype, device, cache: dict):
         return cache["steady"]
     return les_equation(config, dtype=dtype, device=device,
                         seeds=trajectory_seeds(config, [ids[i] for i, _ in windows]))
+
+
+def windows_loss(closure, config, ds, windows, samples: int, per_sample: int, *, grad: bool = False,
+                 dtype=torch.float64, device="cpu", cache: Optional[dict] = None) -> torch.Tensor:
+    """Mean unrolled loss (`window_loss`, ``config.run``/``config.train`` settings) of ``closure`` over
+    ``windows`` (trajectory index, start snapshot) of ``samples`` samples; windows that start
+    together run as one batch (and share the forcing's time). ``inf`` if any member blows up."""
+    from closure.data.streaming import field_variable
+
+    name = field_variable(ds)
+    ids = [int(v) for v in ds["trajectory"].values]
+    times = [float(v) for v in ds["time"].values]
+    groups: dict = {}
+    for w in windows:
+        groups.setdefault(w[1], []).append(w)
+    cache = {} if cache is None else cache
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start, group in groups.items():
+        key = ("windows", tuple(group), samples)
+        if key not in cache:
+            cache[key] = (_load_windows(ds, name, group, samples, dtype, device),
+                          _window_equation(config, group, ids, dtype, device, cache))
+        ref, eq = cache[key]
+        with torch.set_grad_enabled(grad):
+            per = window_loss(eq, closure, ref, config.run.dt, per_sample, time=times[start],
+                              method=config.run.integrator, checkpoint_every=config.train.gradient_checkpoint,
+                              spectral_weight=config.train.spectral_loss)
+        if is_blowup(per.detach()).any():
+            return torch.full((), float("inf"), dtype=torch.float64, device=device)
+        total = total + per.to(torch.float64).sum()
+    return total / len(windows)
 
 
 def curriculum(epoch: int, first: int, last: int, per_sample: int) -> int:
