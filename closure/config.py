@@ -327,11 +327,37 @@ class SweepConfig(Section):
     probe_points: PositiveInt = 512  # fixed test inputs on which the across-seed output variance is taken
     aposteriori: bool = False  # also run a short coupled LES (run.time) per run and score it
     output_bias: bool = True  # train an output bias b_C (outside the theory; False: the papers' network)
+    # --- the rate-transfer study (study: transfer), budgets, curves, seeds
+    study: Literal["gamma", "transfer"] = "gamma"  # gamma x width x seed, or optimal base rate vs width
+    # transfer: meanfield (all gamma 1), ntk (all 1/2), mixed (inner 1/2, outer 1), gamma:OUTER/INNER,
+    # standard (one rate, PyTorch's default init), mup (Tensor Programs V, Table 3)
+    parametrizations: list[str] = Field(default_factory=lambda: ["meanfield", "ntk", "mixed", "standard", "mup"])
+    optimizers: list[Literal["sgd", "adam"]] = Field(default_factory=lambda: ["sgd"])  # transfer study
+    steps: Optional[PositiveInt] = None  # fixed steps per run (overrides time and train.epochs)
+    lr_centers: dict[str, PositiveFloat] = Field(default_factory=dict)  # transfer: grid centre per "PARAM/OPT" or "OPT"
+    lr_ratio: Annotated[float, Field(gt=1.0)] = 4.0  # transfer: ratio of neighbouring rates of the grid
+    lr_points: PositiveInt = 3  # transfer: rates of the first grid per cell (centred on the centre)
+    bracket_steps: Annotated[int, Field(ge=0)] = 4  # transfer: grid extensions per side until the optimum is bracketed
+    curve_points: Annotated[int, Field(ge=0)] = 0  # validation MSE recorded at this many times during training
+    common_random_numbers: bool = False  # True: init from (seed, width) and batches from seed, shared by all gammas
+    ood_scale: PositiveFloat = 3.0  # probe inputs outside the data: i.i.d. N(0, ood_scale^2) in normalized units
+    mup_base_width: Optional[PositiveInt] = None  # mup: the width where it equals standard (None: smallest width)
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepConfig":
         if not self.gammas or not self.widths or not self.vary:
             raise ValueError("sweep.gammas, sweep.widths and sweep.vary must not be empty")
+        for name in self.parametrizations:
+            if name in ("meanfield", "ntk", "mixed", "standard", "mup"):
+                continue
+            parts = name[len("gamma:"):].split("/") if name.startswith("gamma:") else []
+            try:
+                ok = len(parts) == 2 and all(0.5 <= float(p) <= 1.0 for p in parts)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"sweep.parametrizations: {name!r} (expected meanfield, ntk, mixed, standard, "
+                                 "mup or gamma:OUTER/INNER with gammas in [0.5, 1])")
         if self.probe_points > self.test_points:
             raise ValueError(f"sweep.probe_points={self.probe_points} exceeds sweep.test_points={self.test_points}")
         return self

@@ -212,3 +212,111 @@ def test_output_bias_option_changes_the_network_and_the_fingerprint(tiny_config,
     assert build_network(data, run, 2, output_bias=False).net.bC is None
     path = Path(tiny_dataset)
     assert settings_fingerprint(config, path, "x") != settings_fingerprint(plain, path, "x")
+
+
+# --------------------------------------------------------------------------- rate transfer, seeds, probes, curves
+def test_parametrization_names_and_mup_rules(tiny_config):
+    from closure.study.parametrization import StandardMLP, mup_groups, parse
+
+    assert parse("meanfield") == ("gamma", 1.0, 1.0) and parse("mixed") == ("gamma", 1.0, 0.5)
+    assert parse("gamma:0.75/1") == ("gamma", 0.75, 1.0) and parse("mup")[0] == "mup"
+    with pytest.raises(Exception, match="parametrizations"):
+        _sweep_config(tiny_config, parametrizations=["gamma:0.3/1"])
+    # muP (Tensor Programs V, Table 3) at width multiplier m = 4: SGD W1, biases x m, hidden x 1, readout / m;
+    # Adam: hidden and readout / m, the rest x 1
+    net = StandardMLP(10, [64, 64], torch.tanh)
+    sgd = {g["name"]: g["lr"] for g in mup_groups(net, 1.0, "sgd", base_width=16)}
+    adam = {g["name"]: g["lr"] for g in mup_groups(net, 1.0, "adam", base_width=16)}
+    assert sgd == {"W1": 4.0, "W2": 1.0, "b1": 4.0, "b2": 4.0, "C": 0.25, "bC": 1.0}
+    assert adam == {"W1": 1.0, "W2": 0.25, "b1": 1.0, "b2": 1.0, "C": 0.25, "bC": 1.0}
+    # muP's readout variance is standard / m: check on the empirical variance of the drawn weights
+    gen = torch.Generator().manual_seed(0)
+    wide = StandardMLP(10, [1024, 1024], torch.tanh)
+    wide.reset_parameters(gen, readout_scale=0.5)
+    assert float(wide.readout.weight.detach().var()) == pytest.approx(0.25 / (3 * 1024), rel=0.15)
+
+
+def test_rate_search_brackets_the_optimum(tiny_config):
+    """Extend the grid towards the optimum until a worse neighbour (or a divergence) closes it."""
+    from closure.study.transfer import RateSearch
+
+    config = _sweep_config(tiny_config, study="transfer", parametrizations=["standard"], widths=[8], seeds=2,
+                           lr_centers={"sgd": 1.0}, lr_points=3, lr_ratio=2.0, bracket_steps=3, steps=4)
+    search = RateSearch(config, 1000)
+    runs = search.start()
+    assert sorted({r.lr for r in runs}) == [0.5, 1.0, 2.0] and len(runs) == 6
+    landscape = lambda lr: (math.log2(lr) - 3.0) ** 2  # optimum at lr = 8
+    while runs:
+        new = []
+        for r in runs:
+            new += search.record(r, {"validation_mse": landscape(r.lr), "diverged": False})
+        runs = new
+    cell = next(iter(search.cells))
+    assert search.optimum(cell) == (8.0, True)
+    # out of extensions: the optimum stays at the edge and is reported as not bracketed
+    short = RateSearch(config.model_copy(update={"sweep": config.sweep.model_copy(update={"bracket_steps": 1})}), 1000)
+    runs = short.start()
+    while runs:
+        runs = [n for r in runs for n in short.record(r, {"validation_mse": landscape(r.lr), "diverged": False})]
+    assert short.optimum(next(iter(short.cells))) == (4.0, False)
+    # a diverged rate counts as worse: it brackets from above
+    div = RateSearch(config, 1000)
+    runs = div.start()
+    while runs:
+        runs = [n for r in runs for n in div.record(r, {"validation_mse": 1.0 / r.lr, "diverged": r.lr > 3})]
+    assert div.optimum(next(iter(div.cells))) == (2.0, True)
+
+
+def test_transfer_study_runs_on_dask_and_resumes(tiny_config, tiny_dataset, tmp_path):
+    config = _sweep_config(tiny_config, study="transfer", parametrizations=["meanfield", "standard", "mup"],
+                           optimizers=["sgd", "adam"], widths=[8, 16], seeds=2, steps=6, lr_points=2,
+                           bracket_steps=1, curve_points=3, lr_centers={"sgd": 0.3, "adam": 0.01})
+    out = tmp_path / "transfer"
+    sweep(config, tiny_dataset, out, workers=2, progress=False)
+    first = json.loads((out / "sweep.json").read_text())
+    ds = xr.open_dataset(out / "sweep.nc")
+    try:
+        assert ds["best_lr"].dims == ("parametrization", "optimizer", "width")
+        assert list(ds["parametrization"].values) == ["meanfield", "standard", "mup"]
+        assert np.isfinite(ds["best_lr"].values).all()
+        for cell in np.ndindex(*ds["best_lr"].shape):
+            score = ds["score"].values[cell]
+            lr = ds["lr"].values[cell]
+            best = ds["best_lr"].values[cell]
+            ok = np.isfinite(lr)
+            # the best rate is the grid point with the lowest mean validation MSE
+            finite = np.where(np.isfinite(score[ok]), score[ok], np.inf)
+            assert best == lr[ok][np.argmin(finite)]
+        assert (ds["curve_steps"].values[..., -1] == 6).all()  # the last checkpoint is the end of training
+        assert np.isfinite(ds["best_curve_validation_mse"].values).all()
+        assert ds["best_lr_slope"].dims == ("parametrization", "optimizer")
+    finally:
+        ds.close()
+    for name in ("transfer_rate.png", "transfer_error.png", "transfer_curves.png", "transfer_landscape.png"):
+        assert (out / name).stat().st_size > 0
+    assert "Best base rate" in (out / "summary.md").read_text()
+    sweep(config, tiny_dataset, out, workers=2, progress=False)
+    second = json.loads((out / "sweep.json").read_text())
+    assert second["executed"] == 0 and second["skipped"] == first["executed"] == first["runs"]
+
+
+def test_independent_seeds_differ_across_gammas_and_ood_probes_are_recorded(tiny_config, tiny_dataset, tmp_path):
+    config = _sweep_config(tiny_config, vary=["outer"], widths=[8], seeds=2, curve_points=2)
+    data = StudyData(tiny_dataset, config)
+    a, b = Run("study", 0.5, 1.0, 8, 0, 1.0, 1), Run("study", 1.0, 1.0, 8, 0, 1.0, 1)
+    wa = build_network(data, a, 2, common=False).net.weights[0]
+    wb = build_network(data, b, 2, common=False).net.weights[0]
+    assert not torch.equal(wa, wb)  # independent: every (gamma, width) cell draws its own weights
+    assert torch.equal(build_network(data, a, 2).net.weights[0], build_network(data, b, 2).net.weights[0])
+    assert data.probe_ood.shape == data.probe.shape
+    assert float(data.probe_ood.std()) == pytest.approx(config.sweep.ood_scale, rel=0.1)
+    out = tmp_path / "s"
+    sweep(config, tiny_dataset, out, workers=0, progress=False)
+    ds = xr.open_dataset(out / "sweep.nc")
+    try:
+        for name in ("output_variance_ood", "init_output_variance_ood", "init_variance_slope_ood"):
+            assert name in ds
+        assert np.isfinite(ds["init_output_variance_ood"].sel(gamma_inner=1.0).values).all()
+        assert list(ds["curve_steps"].values[0]) == [0, 4, 8]
+    finally:
+        ds.close()

@@ -98,6 +98,9 @@ class StudyData:
             flat = torch.randperm(total, generator=gen)[: min(count, total)]
             self.points[split] = (gather_patches(self.channels[split], flat, self.stencil), self.targets[split][flat])
         self.probe = self.points["test"][0][: sw.probe_points]
+        # inputs outside the training distribution: i.i.d. Gaussian patches, ood_scale x the data's unit std
+        gen = torch.Generator().manual_seed(derived_seed(config.seed, 0x00D, sw.probe_points))
+        self.probe_ood = sw.ood_scale * torch.randn(self.probe.shape, generator=gen, dtype=torch.float64).to(self.dtype)
         self.n_train_points = int(self.targets["train"].numel())
         self._aposteriori_none: Optional[dict] = None
 

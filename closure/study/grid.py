@@ -16,7 +16,7 @@ import numpy as np
 
 from closure.config import Config
 
-RESULT_FORMAT = "closure.study.normalization/1"
+RESULT_FORMAT = "closure.study.normalization/2"
 TUNE_SEED = 1_000_003  # the tuning runs' seed: outside the study's seeds 0..S-1
 
 def fmt_gamma(g: float) -> str:
@@ -31,7 +31,13 @@ def derived_seed(*keys: int) -> int:
 # --------------------------------------------------------------------------- runs
 @dataclass(frozen=True)
 class Run:
-    """One training run of the study (``kind="study"``) or of the learning-rate tuning (``"tune"``)."""
+    """One training run: of the gamma study (``kind="study"``), of its learning-rate tuning (``"tune"``)
+    or of the rate-transfer study (``"transfer"``).
+
+    ``param`` is the parametrization (``closure.study.parametrization``): ``"gamma"`` for the
+    mean-field network with exponents (gamma_outer, gamma_inner), else ``"standard"`` or ``"mup"``
+    (gammas NaN); ``optimizer`` is ``"sgd"`` or ``"adam"``.
+    """
 
     kind: str
     gamma_outer: float
@@ -40,15 +46,47 @@ class Run:
     seed: int
     lr: float
     steps: int
+    param: str = "gamma"
+    optimizer: str = "sgd"
+
+    @property
+    def label(self) -> str:
+        """The parametrization: ``goX_giY`` for a gamma network, else its family name."""
+        if self.param == "gamma":
+            return f"go{fmt_gamma(self.gamma_outer)}_gi{fmt_gamma(self.gamma_inner)}"
+        return self.param
 
     @property
     def name(self) -> str:
-        base = f"{self.kind}_go{fmt_gamma(self.gamma_outer)}_gi{fmt_gamma(self.gamma_inner)}_w{self.width}_s{self.seed}"
+        if self.kind == "transfer":
+            return f"transfer_{self.label}_{self.optimizer}_w{self.width}_s{self.seed}_lr{self.lr:.6g}"
+        base = f"{self.kind}_{self.label}_w{self.width}_s{self.seed}"
         return base + (f"_lr{self.lr:.4g}" if self.kind == "tune" else "")
 
     @property
     def pair(self) -> tuple[float, float]:
         return (self.gamma_outer, self.gamma_inner)
+
+    @property
+    def cell(self) -> tuple[str, str, int]:
+        """The transfer study's cell (parametrization label, optimizer, width): one bracketed rate search."""
+        return (self.label, self.optimizer, self.width)
+
+    def init_seed(self, common: bool) -> int:
+        """Seed of the initial weights: (seed, width) when gammas share random numbers, else also the
+        parametrization and optimizer, so every cell is an independent sample (the rates of one
+        transfer cell share it: a rate curve is smooth in the rate)."""
+        keys = (self.seed, self.width, 0x1417)
+        return derived_seed(*keys) if common else derived_seed(*keys, *self._cell_keys())
+
+    def batch_seed(self, common: bool) -> int:
+        """Seed of the sample stream: the seed alone when shared, else also the cell."""
+        return derived_seed(self.seed, 0xBA7C4) if common else derived_seed(self.seed, 0xBA7C4, self.width,
+                                                                          *self._cell_keys())
+
+    def _cell_keys(self) -> tuple[int, ...]:
+        text = f"{self.label}/{self.optimizer}".encode()
+        return tuple(int.from_bytes(text[i:i + 7].ljust(7, b"\0"), "little") for i in range(0, len(text), 7))
 
 
 def depth_of(config: Config) -> int:
@@ -69,7 +107,9 @@ def gamma_pairs(config: Config) -> list[tuple[float, float]]:
 
 
 def steps_for(config: Config, width: int, n_train_points: int) -> int:
-    """SGD steps of one run: round(t * N_L) with ``sweep.time``, else ``train.epochs`` epochs of points."""
+    """Steps of one run: ``sweep.steps``; else round(t * N_L) with ``sweep.time``; else ``train.epochs`` epochs."""
+    if config.sweep.steps is not None:
+        return int(config.sweep.steps)
     if config.sweep.time is not None:
         return max(1, int(round(config.sweep.time * width)))
     return max(1, math.ceil(config.train.epochs * n_train_points / config.sweep.batch_size))

@@ -77,17 +77,18 @@ import logging
 import os
 import time as _time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
-from closure.config import Config, config_to_yaml
 from closure import storage
+from closure.config import Config, config_to_yaml
 from closure.errors import ClosureError
 from closure.study.executor import DaskExecutor, SerialExecutor, load_result, save_result, settings_fingerprint
 from closure.study.grid import Run, base_lr, best_rates, depth_of, gamma_pairs, study_runs, tuning_runs
-from closure.study.report import plot_sweep, summary_markdown
-from closure.study.results import collect, write_netcdf
+from closure.study.report import plot_sweep, plot_transfer, summary_markdown, transfer_markdown
+from closure.study.results import collect, collect_transfer, write_netcdf
+from closure.study.transfer import RateSearch
 
 log = logging.getLogger("closure.study.normalization")
 
@@ -96,122 +97,146 @@ __all__ = ["sweep"]
 
 def sweep(config: Config, data: Union[str, Path], out_dir: Union[str, Path], *, scheduler: Optional[str] = None,
           workers: Optional[int] = None, progress: Optional[bool] = None) -> Path:
-    """Run (or resume) the normalization study; write runs/, sweep.nc, figures and summary.md; return out_dir.
+    """Run (or resume) the study of ``sweep.study``; write runs/, sweep.nc, figures and summary.md; return out_dir.
 
     ``workers``: LocalCluster worker processes (default: the CPU count); ``workers=0`` runs
     everything in this process (no dask). ``scheduler``: address of a running dask scheduler.
     """
-    from closure.data.dataset import open_dataset
-    from closure.progress import progress as progress_bar
-
-    data = Path(data).resolve()
-    out_dir = Path(out_dir)
     sw = config.sweep
     depth = depth_of(config)
-    if "inner" in sw.vary and depth < 2:
+    if sw.study == "gamma" and "inner" in sw.vary and depth < 2:
         raise ClosureError(f"sweep.vary includes 'inner' but the network has {depth} hidden layer "
                            "(set sweep.depth or model.hidden to 2 or more layers)")
     if sw.tune_lr and not sw.tune_factors:
         raise ClosureError("sweep.tune_lr is on but sweep.tune_factors is empty")
     if sw.seeds < 2:
         log.warning("sweep.seeds=%d: the across-seed output variance needs at least 2 seeds (NaN)", sw.seeds)
-    ds = open_dataset(data)
-    try:
-        created = str(ds.attrs.get("created", ""))
-        space = int(np.prod([ds.sizes[d] for d in ds["sgs"].dims[2:]]))
-        n_traj = int(ds.sizes["trajectory"])
-        n_time = int(ds.sizes["time"])
-    finally:
-        ds.close()
-    from closure.data.dataset import split_trajectories
-
-    splits = split_trajectories(n_traj, config.data.validation_fraction, config.data.test_fraction, config.seed)
-    if sw.tune_lr and not splits["validation"]:
+    study = _Study(config, data, out_dir, scheduler, workers, progress)
+    if sw.study == "transfer" and not study.splits["validation"]:
+        raise ClosureError("sweep.study=transfer needs a validation split (data.validation_fraction > 0)")
+    if sw.tune_lr and not study.splits["validation"]:
         raise ClosureError("sweep.tune_lr needs a validation split (data.validation_fraction > 0 and >= 3 trajectories)")
-    n_train_points = len(splits["train"]) * n_time * space
-    fingerprint = settings_fingerprint(config, data, created)
-    runs_dir = out_dir / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    config_yaml = config_to_yaml(config)
-    storage.write_text(out_dir / "config.yaml", config_yaml)
+    started = _time.time()
+    if sw.study == "transfer":
+        search = RateSearch(config, study.n_train_points)
+        study.execute(search.start(), search.record)
+        result = collect_transfer(config, search, data=study.data)
+        figures = plot_transfer(result, study.out_dir)
+        summary = transfer_markdown(result, figures)
+        runs = sum(len(c["results"]) for c in search.cells.values())
+    else:
+        study_results, tune_results = _gamma_study(config, study)
+        result = collect(config, study_results, tune_results, data=study.data)
+        figures = plot_sweep(result, study.out_dir)
+        summary = summary_markdown(result, figures)
+        runs = len(study_results) + len(tune_results)
+    write_netcdf(result, study.out_dir / "sweep.nc")
+    storage.write_text(study.out_dir / "summary.md", summary)
+    storage.write_text(study.out_dir / "sweep.json", json.dumps({
+        "runs": runs, "executed": study.counts["executed"], "skipped": study.counts["skipped"],
+        "seconds": _time.time() - started, "fingerprint": study.fingerprint,
+    }, indent=2))
+    log.info("sweep: %d runs executed, %d skipped; results in %s", study.counts["executed"],
+             study.counts["skipped"], study.out_dir)
+    return study.out_dir
 
-    tune_results: dict[Run, dict] = {}
-    study_results: dict[Run, dict] = {}
-    counts = {"executed": 0, "skipped": 0}
-    todo: list[Run] = []
 
-    def lookup(run: Run) -> Optional[dict]:
-        found = load_result(runs_dir / f"{run.name}.json", run, fingerprint)
+class _Study:
+    """One invocation's bookkeeping: the dataset's sizes, the result cache and the executor."""
+
+    def __init__(self, config: Config, data, out_dir, scheduler, workers, progress):
+        from closure.data.dataset import open_dataset, split_trajectories
+
+        self.config, self.scheduler, self.workers, self.progress = config, scheduler, workers, progress
+        self.data = Path(data).resolve()
+        self.out_dir = Path(out_dir)
+        ds = open_dataset(self.data)
+        try:
+            created = str(ds.attrs.get("created", ""))
+            space = int(np.prod([ds.sizes[d] for d in ds["sgs"].dims[2:]]))
+            n_traj = int(ds.sizes["trajectory"])
+            n_time = int(ds.sizes["time"])
+        finally:
+            ds.close()
+        self.splits = split_trajectories(n_traj, config.data.validation_fraction, config.data.test_fraction,
+                                         config.seed)
+        self.n_train_points = len(self.splits["train"]) * n_time * space
+        self.fingerprint = settings_fingerprint(config, self.data, created)
+        self.runs_dir = self.out_dir / "runs"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.config_yaml = config_to_yaml(config)
+        storage.write_text(self.out_dir / "config.yaml", self.config_yaml)
+        self.counts = {"executed": 0, "skipped": 0}
+
+    def lookup(self, run: Run) -> Optional[dict]:
+        found = load_result(self.runs_dir / f"{run.name}.json", run, self.fingerprint)
         if found is not None:
-            counts["skipped"] += 1
+            self.counts["skipped"] += 1
         return found
 
-    pairs = gamma_pairs(config)
-    if sw.tune_lr:
-        tunes = tuning_runs(config, n_train_points)
-        for run in tunes:
-            found = lookup(run)
-            if found is not None:
-                tune_results[run] = found
-            else:
+    def resolve(self, runs: list[Run], record: Callable[[Run, dict], list[Run]]) -> list[Run]:
+        """The runs (and the runs they unlock) not in the cache; cached ones are passed to ``record``."""
+        queue, todo = list(runs), []
+        while queue:
+            run = queue.pop(0)
+            found = self.lookup(run)
+            if found is None:
                 todo.append(run)
-        pending_tune = {pair: sum(1 for r in tunes if r.pair == pair and r not in tune_results) for pair in pairs}
-        lrs = best_rates(config, {r: v for r, v in tune_results.items() if pending_tune[r.pair] == 0})
-    else:
-        pending_tune = {pair: 0 for pair in pairs}
-        lrs = {pair: base_lr(config) for pair in pairs}
-
-    def unlocked(rates: dict) -> list[Run]:
-        new = []
-        for run in study_runs(config, n_train_points, rates):
-            found = lookup(run)
-            if found is not None:
-                study_results[run] = found
             else:
-                new.append(run)
-        return new
+                queue.extend(record(run, found))
+        return todo
 
-    todo += unlocked(lrs)
-    total_expected = len(todo) + sum(
-        len(sw.widths) * sw.seeds for pair in pairs if pending_tune[pair] > 0)
+    def execute(self, runs: list[Run], record: Callable[[Run, dict], list[Run]], total: Optional[int] = None) -> None:
+        """Run ``runs`` (cached ones skipped), storing each result; ``record(run, result)`` may unlock more."""
+        from closure.progress import progress as progress_bar
 
-    def on_done(run: Run, result: dict) -> list[Run]:
-        stored = save_result(runs_dir, run, fingerprint, result)
-        counts["executed"] += 1
-        if run.kind == "study":
-            study_results[run] = stored
-            return []
-        tune_results[run] = stored
-        pending_tune[run.pair] -= 1
-        if pending_tune[run.pair] > 0:
-            return []
-        rate = best_rates(config, {r: v for r, v in tune_results.items() if r.pair == run.pair})
-        log.info("sweep: gamma_outer=%g gamma_inner=%g: tuned base rate %g", run.pair[0], run.pair[1], rate[run.pair])
-        return unlocked(rate)
+        todo = self.resolve(runs, record)
 
-    log.info("sweep: %d runs to do (%d already finished) in %s", total_expected, counts["skipped"], out_dir)
-    started = _time.time()
-    if todo:
-        n_workers = workers if workers is not None else (os.cpu_count() or 1)
-        if scheduler is None and n_workers == 0:
-            executor = SerialExecutor(config_yaml, str(data), fingerprint)
+        def on_done(run: Run, result: dict) -> list[Run]:
+            stored = save_result(self.runs_dir, run, self.fingerprint, result)
+            self.counts["executed"] += 1
+            return self.resolve(record(run, stored), record)
+
+        total = max(total or 0, len(todo))
+        log.info("sweep: %d runs to do (%d already finished) in %s", total, self.counts["skipped"], self.out_dir)
+        if not todo:
+            return
+        n_workers = self.workers if self.workers is not None else (os.cpu_count() or 1)
+        if self.scheduler is None and n_workers == 0:
+            executor = SerialExecutor(self.config_yaml, str(self.data), self.fingerprint)
         else:
-            executor = DaskExecutor(config_yaml, str(data), fingerprint, scheduler, max(1, min(n_workers, total_expected)))
+            executor = DaskExecutor(self.config_yaml, str(self.data), self.fingerprint, self.scheduler,
+                                    max(1, min(n_workers, total)))
         try:
-            with progress_bar(total=total_expected, desc="sweep", unit="run", enabled=progress) as bar:
+            with progress_bar(total=total, desc="sweep", unit="run", enabled=self.progress) as bar:
                 executor.run(todo, on_done, bar)
         finally:
             if isinstance(executor, DaskExecutor):
                 executor.close()
 
-    result = collect(config, study_results, tune_results, data=data)
-    write_netcdf(result, out_dir / "sweep.nc")
-    figures = plot_sweep(result, out_dir)
-    storage.write_text(out_dir / "summary.md", summary_markdown(result, figures))
-    storage.write_text(out_dir / "sweep.json", json.dumps({
-        "runs": len(study_results) + len(tune_results), "executed": counts["executed"],
-        "skipped": counts["skipped"], "seconds": _time.time() - started, "fingerprint": fingerprint,
-    }, indent=2))
-    log.info("sweep: %d runs executed, %d skipped; results in %s", counts["executed"], counts["skipped"], out_dir)
-    return out_dir
 
+def _gamma_study(config: Config, study: _Study) -> tuple[dict, dict]:
+    """The gamma x width x seed runs (after the per-pair rate tuning when ``sweep.tune_lr``)."""
+    sw = config.sweep
+    pairs = gamma_pairs(config)
+    tune_results: dict[Run, dict] = {}
+    study_results: dict[Run, dict] = {}
+    tunes = tuning_runs(config, study.n_train_points) if sw.tune_lr else []
+    pending = {pair: sum(1 for r in tunes if r.pair == pair) for pair in pairs}
+
+    def record(run: Run, result: dict) -> list[Run]:
+        if run.kind == "study":
+            study_results[run] = result
+            return []
+        tune_results[run] = result
+        pending[run.pair] -= 1
+        if pending[run.pair] > 0:
+            return []
+        rate = best_rates(config, {r: v for r, v in tune_results.items() if r.pair == run.pair})
+        log.info("sweep: gamma_outer=%g gamma_inner=%g: tuned base rate %g", run.pair[0], run.pair[1], rate[run.pair])
+        return study_runs(config, study.n_train_points, rate)
+
+    first = tunes if sw.tune_lr else study_runs(config, study.n_train_points, {p: base_lr(config) for p in pairs})
+    total = len(first) + (len(pairs) * len(sw.widths) * sw.seeds if sw.tune_lr else 0)
+    study.execute(first, record, total=total)
+    return study_results, tune_results

@@ -224,3 +224,157 @@ def summary_markdown(ds, figures: Iterable[Path] = ()) -> str:
     if figs:
         lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
     return "\n".join(lines)
+
+# --------------------------------------------------------------------------- the rate-transfer study
+def _grid(plt, rows, cols, w=3.2, h=2.8):
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
+    return fig, axes
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_transfer(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
+    """transfer_rate.png (best base rate / its value at the smallest width, vs width), transfer_error.png
+    (test error at the best rate), transfer_curves.png (validation curves at the best rate, per width),
+    transfer_landscape.png (validation MSE vs base rate per width); return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    names = [str(p) for p in ds["parametrization"].values]
+    opts = [str(o) for o in ds["optimizer"].values]
+    widths = ds["width"].values
+    ratio = float(ds.attrs["lr_ratio"])
+    paths = []
+    with quiet_nan():
+        fig, axes = _grid(plt, 1, len(opts), 4.6, 3.6)
+        for ax, opt in zip(axes[0], opts):
+            for name in names:
+                best = ds["best_lr"].sel(parametrization=name, optimizer=opt).values
+                ok = ds["bracketed"].sel(parametrization=name, optimizer=opt).values.astype(bool)
+                rel = best / best[0]
+                s = float(ds["best_lr_slope"].sel(parametrization=name, optimizer=opt))
+                e = float(ds["best_lr_slope_stderr"].sel(parametrization=name, optimizer=opt))
+                line = ax.errorbar(widths, rel, yerr=[rel - rel / ratio ** 0.5, rel * ratio ** 0.5 - rel], marker="o",
+                                   ms=4, capsize=2, label=f"{name}: slope {_num(s, '+.2f')} ± {_num(e, '.2f')}")
+                ax.plot(widths[~ok], rel[~ok], "o", ms=9, mfc="none", color=line[0].get_color())
+            ax.set_xscale("log")
+            ax.set_yscale("log", base=2)
+            _width_ticks(ax, widths)
+            ax.set_xlabel("width N")
+            ax.set_ylabel("best base rate / best at smallest N")
+            ax.set_title(f"{opt}: optimal base rate (open ring: not bracketed)", fontsize=8)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=6.5)
+        paths.append(_save(fig, out_dir / f"{prefix}transfer_rate.png", plt))
+
+        fig, axes = _grid(plt, 1, len(opts), 4.6, 3.6)
+        for ax, opt in zip(axes[0], opts):
+            for name in names:
+                e = ds["best_relative_l2"].sel(parametrization=name, optimizer=opt)
+                ax.errorbar(widths, e.mean("seed").values, yerr=e.std("seed").values, marker="o", ms=4, capsize=2,
+                            label=name)
+            ax.set_xscale("log")
+            _width_ticks(ax, widths)
+            ax.set_xlabel("width N")
+            ax.set_ylabel("test relative L2 error at the best rate")
+            ax.set_title(f"{opt}: error at the optimum (mean ± std over seeds)", fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        paths.append(_save(fig, out_dir / f"{prefix}transfer_error.png", plt))
+
+        cmap = plt.get_cmap("viridis")
+        fig, axes = _grid(plt, len(opts), len(names))
+        for r, opt in enumerate(opts):
+            for c, name in enumerate(names):
+                ax = axes[r][c]
+                for n, w in enumerate(widths):
+                    sel = dict(parametrization=name, optimizer=opt, width=w)
+                    steps = ds["curve_steps"].sel(sel).values
+                    cv = ds["best_curve_validation_mse"].sel(sel).mean("seed").values
+                    keep = steps >= 0
+                    ax.plot(steps[keep], cv[keep], "-", color=cmap(n / max(1, len(widths) - 1)), label=f"N = {w}")
+                ax.set_title(f"{name}, {opt}", fontsize=8)
+                ax.set_xlabel("step")
+                ax.set_ylabel("validation MSE at best rate")
+                ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=6.5)
+        paths.append(_save(fig, out_dir / f"{prefix}transfer_curves.png", plt))
+
+        fig, axes = _grid(plt, len(opts), len(names))
+        for r, opt in enumerate(opts):
+            for c, name in enumerate(names):
+                ax = axes[r][c]
+                for n, w in enumerate(widths):
+                    sel = dict(parametrization=name, optimizer=opt, width=w)
+                    lr, sc = ds["lr"].sel(sel).values, ds["score"].sel(sel).values
+                    keep = np.isfinite(lr)
+                    color = cmap(n / max(1, len(widths) - 1))
+                    ax.plot(lr[keep], sc[keep], "o-", ms=3, color=color, label=f"N = {w}")
+                    diverged = keep & ~np.isfinite(sc)
+                    if diverged.any():
+                        ax.plot(lr[diverged], np.full(int(diverged.sum()), np.nanmax(ds["score"].values)), "x",
+                                color=color)
+                ax.set_xscale("log")
+                ax.set_title(f"{name}, {opt} (x: diverged)", fontsize=8)
+                ax.set_xlabel("base rate")
+                ax.set_ylabel("validation MSE (mean over seeds)")
+                ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=6.5)
+        paths.append(_save(fig, out_dir / f"{prefix}transfer_landscape.png", plt))
+    return paths
+
+
+def transfer_markdown(ds, figures: Iterable[Path] = ()) -> str:
+    """The rate-transfer study's tables as Markdown."""
+    names = [str(p) for p in ds["parametrization"].values]
+    widths = [int(w) for w in ds["width"].values]
+    lines = [
+        "# Rate-transfer study (closure sweep, sweep.study = transfer)",
+        "",
+        f"- dataset: `{ds.attrs['dataset']}`",
+        f"- network: stencil MLP, {ds.attrs['depth']} hidden layers of width N; batch {ds.attrs['batch_size']}; "
+        f"budget {ds.attrs['budget']}; muP base width {ds.attrs['mup_base_width']}",
+        f"- rate grid: ratio {ds.attrs['lr_ratio']:g} between neighbours, extended up to "
+        f"{ds.attrs['bracket_steps']} times per side until the optimum (lowest mean validation MSE over "
+        f"{ds.sizes['seed']} seeds) is bracketed; `*` = not bracketed",
+        "",
+    ]
+    with quiet_nan():
+        for opt in [str(o) for o in ds["optimizer"].values]:
+            lines += [f"## {opt}", "", "Best base rate (d log rate / d log N ± stderr; 0 = the rate transfers)", ""]
+            lines += ["| parametrization | " + " | ".join(f"N={w}" for w in widths) + " | slope |",
+                      "| --- |" + " --- |" * (len(widths) + 1)]
+            for name in names:
+                sel = dict(parametrization=name, optimizer=opt)
+                best, ok = ds["best_lr"].sel(sel).values, ds["bracketed"].sel(sel).values
+                cells = [f"{_num(b, '.3g')}{'' if k else '*'}" for b, k in zip(best, ok)]
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {_num(ds['best_lr_slope'].sel(sel), '+.2f')} ± "
+                             f"{_num(ds['best_lr_slope_stderr'].sel(sel), '.2f')} |")
+            lines += ["", "Test relative L2 error at the best rate (mean ± std over seeds)", ""]
+            lines += ["| parametrization | " + " | ".join(f"N={w}" for w in widths) + " |",
+                      "| --- |" + " --- |" * len(widths)]
+            for name in names:
+                e = ds["best_relative_l2"].sel(parametrization=name, optimizer=opt)
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{_num(e.sel(width=w).mean('seed'))} ± {_num(e.sel(width=w).std('seed'))}" for w in widths) + " |")
+            lines += ["", "Validation MSE vs base rate (mean over seeds; `div` = a seed diverged)", ""]
+            for name in names:
+                for w in widths:
+                    sel = dict(parametrization=name, optimizer=opt, width=w)
+                    lr, sc = ds["lr"].sel(sel).values, ds["score"].sel(sel).values
+                    pts = [f"{lr_:.3g}: {_num(s_, '.4f') if np.isfinite(s_) else 'div'}"
+                           for lr_, s_ in zip(lr, sc) if np.isfinite(lr_)]
+                    lines.append(f"- {name}, N = {w}: " + ", ".join(pts))
+            lines.append("")
+    figs = [Path(f).name for f in figures]
+    if figs:
+        lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
+    return "\n".join(lines)

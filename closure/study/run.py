@@ -1,9 +1,12 @@
-"""One training run of the normalization study: plain constant-rate SGD on stencil points, then its metrics.
+"""One training run of the normalization study: constant-rate SGD (or Adam) on stencil points, then its metrics.
 
-``train_run(data, run, config)`` builds the run's ``StencilClosure`` (``build_network``), trains it
-(the loop described in ``closure.study.normalization``) and returns test / validation metrics and
-the network output at the probe inputs, before and after training; with ``sweep.aposteriori`` it
-also runs a short coupled LES (``aposteriori``). ``task`` is the same thing as a dask task.
+``train_run(data, run, config)`` builds the run's network (``build_trainable``: the gamma
+``StencilClosure`` of ``build_network`` with the rates of ``closure.nn.param_groups``, or the
+standard / muP MLP of ``closure.study.parametrization``), trains it (the loop described in
+``closure.study.normalization``) and returns test / validation metrics, the validation curve at
+``sweep.curve_points`` times, and the network output at the probe inputs (test inputs and
+out-of-distribution inputs) before and after training; with ``sweep.aposteriori`` it also runs
+a short coupled LES (``aposteriori``). ``task`` is the same thing as a dask task.
 """
 
 from __future__ import annotations
@@ -16,22 +19,47 @@ import torch
 
 from closure.config import Config, config_from_yaml
 from closure.study.data import StudyData, gather_patches, study_data
-from closure.study.grid import Run, depth_of, derived_seed
+from closure.study.grid import Run, depth_of
+from closure.study.parametrization import StandardMLP, mup_groups, standard_groups, width_multiplier
 
 DIVERGED_LOSS = 1.0e4  # a training loss (normalized units, target variance 1) beyond this counts as diverged
 
-def build_network(data: StudyData, run: Run, depth: int, output_bias: bool = True):
-    """The run's StencilClosure (normalization from the training split), initialized from (seed, width)."""
+def build_network(data: StudyData, run: Run, depth: int, output_bias: bool = True, common: bool = True):
+    """The run's StencilClosure (normalization from the training split) with its initial weights.
+
+    ``common``: weights drawn from (seed, width) only, shared by every gamma (common random
+    numbers); else from the run's cell too (independent samples, ``Run.init_seed``).
+    """
     from closure.nn import StencilClosure
 
     gammas = [run.gamma_inner] * (depth - 1) + [run.gamma_outer]
     model = StencilClosure(data.ndim, data.stencil, [run.width] * depth, gammas, data.activation,
                            features=data.features, length=data.length, output_bias=output_bias).to(data.dtype)
-    gen = torch.Generator().manual_seed(derived_seed(run.seed, run.width, 0x1417))
+    gen = torch.Generator().manual_seed(run.init_seed(common))
     model.net.reset_parameters(generator=gen)
     model.load_state_dict({**model.state_dict(), **{k: v for k, v in data.template.state_dict().items()
                                                      if not k.startswith("net.")}})
     return model
+
+
+def build_trainable(data: StudyData, run: Run, config: Config):
+    """``(model, net, param_groups)`` of the run's parametrization; ``model`` is a closure for gamma runs
+    (``StencilClosure``), else None; ``net`` maps normalized patches to normalized SGS."""
+    from closure.nn import param_groups
+    from closure.nn.meanfield import activation_function
+
+    sw = config.sweep
+    common = sw.common_random_numbers
+    if run.param == "gamma":
+        model = build_network(data, run, depth_of(config), output_bias=sw.output_bias, common=common)
+        return model, model.net, param_groups(model.net, run.lr, run.optimizer)
+    net = StandardMLP(data.in_features, [run.width] * depth_of(config), activation_function(data.activation))
+    net = net.to(data.dtype)
+    base = int(sw.mup_base_width or min(sw.widths))
+    scale = 1.0 if run.param == "standard" else width_multiplier(run.width, base) ** -0.5
+    net.reset_parameters(torch.Generator().manual_seed(run.init_seed(common)), readout_scale=scale)
+    groups = standard_groups(net, run.lr) if run.param == "standard" else mup_groups(net, run.lr, run.optimizer, base)
+    return None, net, groups
 
 
 def _predict(net, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
@@ -39,19 +67,35 @@ def _predict(net, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
         return torch.cat([net(x[i:i + chunk]).squeeze(-1) for i in range(0, x.shape[0], chunk)])
 
 
+def _validation_mse(net, data: StudyData) -> float:
+    if "validation" not in data.points:
+        return float("nan")
+    xv, yv = data.points["validation"]
+    return float((_predict(net, xv) - yv).double().pow(2).mean())
+
+
+def checkpoints(steps: int, count: int) -> list[int]:
+    """``count`` steps spread evenly over (0, steps] (the validation curve is recorded after them)."""
+    if count <= 0:
+        return []
+    return sorted({max(1, int(round(steps * j / count))) for j in range(1, count + 1)})
+
+
 def train_run(data: StudyData, run: Run, config: Config) -> dict:
-    """Train one run by plain SGD (module docstring) and return its metrics and probe outputs."""
+    """Train one run (module docstring) and return its metrics, probe outputs and validation curve."""
     from closure.training.apriori import correlation, r2, relative_l2
-    from closure.nn import param_groups
 
     start = _time.perf_counter()
-    model = build_network(data, run, depth_of(config), output_bias=config.sweep.output_bias)
-    net = model.net
+    sw = config.sweep
+    model, net, groups = build_trainable(data, run, config)
     probe_init = _predict(net, data.probe)
-    opt = torch.optim.SGD(param_groups(net, run.lr, "sgd"), lr=run.lr)
-    gen = torch.Generator().manual_seed(derived_seed(run.seed, 0xBA7C4))
+    ood_init = _predict(net, data.probe_ood)
+    opt = (torch.optim.SGD if run.optimizer == "sgd" else torch.optim.Adam)(groups, lr=run.lr)
+    gen = torch.Generator().manual_seed(run.batch_seed(sw.common_random_numbers))
     channels, targets = data.channels["train"], data.targets["train"]
-    batch = config.sweep.batch_size
+    batch = sw.batch_size
+    marks = set(checkpoints(run.steps, sw.curve_points))
+    curve_steps, curve = [0] if marks else [], [_validation_mse(net, data)] if marks else []
     diverged, running, seen = False, 0.0, 0
     tail = max(1, run.steps // 10)  # the training loss reported: mean over the last 10% of the steps
     for k in range(run.steps):
@@ -67,11 +111,16 @@ def train_run(data: StudyData, run: Run, config: Config) -> dict:
         if (k % 64 == 0 or k == run.steps - 1) and not (loss.item() < DIVERGED_LOSS):  # NaN-safe
             diverged = True
             break
-    result = {"train_loss": running / seen if seen and not diverged else float("nan"), "diverged": diverged}
+        if k + 1 in marks:
+            curve_steps.append(k + 1)
+            curve.append(_validation_mse(net, data))
+    result = {"train_loss": running / seen if seen and not diverged else float("nan"), "diverged": diverged,
+              "curve_steps": curve_steps, "curve_validation_mse": curve}
     nan = float("nan")
     if diverged:
         result.update({key: nan for key in ("relative_l2", "mse", "correlation", "r2", "validation_mse")})
         result["probe_output"] = [nan] * data.probe.shape[0]
+        result["probe_output_ood"] = [nan] * data.probe_ood.shape[0]
     else:
         x_test, y_test = data.points["test"]
         pred = _predict(net, x_test)
@@ -81,19 +130,16 @@ def train_run(data: StudyData, run: Run, config: Config) -> dict:
         result["relative_l2"] = relative_l2(phys_p, phys_t) if finite else nan
         result["correlation"] = correlation(pred, y_test) if finite else nan
         result["r2"] = r2(pred, y_test) if finite else nan
-        if "validation" in data.points:
-            xv, yv = data.points["validation"]
-            pv = _predict(net, xv)
-            result["validation_mse"] = float((pv - yv).double().pow(2).mean())
-        else:
-            result["validation_mse"] = nan
+        result["validation_mse"] = _validation_mse(net, data)
         result["probe_output"] = _predict(net, data.probe).double().tolist()
+        result["probe_output_ood"] = _predict(net, data.probe_ood).double().tolist()
         bad_validation = "validation" in data.points and not (result["validation_mse"] < DIVERGED_LOSS)
         if not finite or not (result["mse"] < DIVERGED_LOSS) or bad_validation:
             result["diverged"] = True
     result["probe_output_init"] = probe_init.double().tolist()
+    result["probe_output_ood_init"] = ood_init.double().tolist()
     result["seconds"] = _time.perf_counter() - start
-    if config.sweep.aposteriori and run.kind == "study":
+    if sw.aposteriori and run.kind == "study" and model is not None:
         result.update(aposteriori(data, model, config, diverged=result["diverged"]))
     return result
 
