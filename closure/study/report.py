@@ -130,7 +130,40 @@ def plot_sweep(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
         paths.append(out_dir / f"{prefix}sensitivity.png")
         storage.save_figure(fig, paths[-1], dpi=110)
         plt.close(fig)
+        paths.append(_plot_slopes(ds, out_dir / f"{prefix}variance_slopes.png", plt))
     return paths
+
+
+def _plot_slopes(ds, path: Path, plt) -> Path:
+    """Fitted variance slopes (± stderr) vs the varied gamma: at init and trained, on test and OOD probes."""
+    vary = json.loads(ds.attrs["vary"])
+    fixed = ds.attrs["fixed_gamma"]
+    fig, axes = plt.subplots(1, len(vary), figsize=(4.8 * len(vary), 3.8), squeeze=False)
+    series = (("init_variance_slope", "init, test inputs", "o", 0.0), ("init_variance_slope_ood", "init, OOD inputs",
+                                                                         "s", 0.01),
+              ("variance_slope", "trained, test inputs", "^", 0.02), ("variance_slope_ood", "trained, OOD inputs",
+                                                                       "v", 0.03))
+    for ax, mode in zip(axes[0], vary):
+        line = _outer_line if mode == "outer" else _inner_line
+        gdim = "gamma_outer" if mode == "outer" else "gamma_inner"
+        for name, label, marker, shift in series:
+            if name not in ds:
+                continue
+            sl, se = line(ds, name), line(ds, name + "_stderr")
+            ax.errorbar(sl[gdim].values + shift, sl.values, yerr=se.values, fmt=marker, ms=4, capsize=2, label=label)
+        gg = np.linspace(0.5, 1.0, 11)
+        if mode == "outer":
+            ax.plot(gg, 1 - 2 * gg, "k:", label="theory 1 - 2 gamma_outer")
+        else:
+            ax.axhline(1 - 2 * fixed, color="k", ls=":", label=f"theory {1 - 2 * fixed:+g}")
+        ax.set_xlabel(f"{gdim} ({'inner' if mode == 'outer' else 'outer'} = {fixed:g})")
+        ax.set_ylabel("d log Var g / d log N (± fit stderr)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _num(x, spec=".3f") -> str:
@@ -163,16 +196,20 @@ def summary_markdown(ds, figures: Iterable[Path] = ()) -> str:
             other = "inner" if mode == "outer" else "outer"
             lines += [f"## {mode.capitalize()} gamma varied ({other} gammas = {fixed:g})", ""]
             lines += ["Output variance across seeds: fitted log-log slope vs width (± standard error)", ""]
-            lines += [f"| {gdim} | base rate | slope (trained) | slope (init) | theory 1 - 2 gamma_outer |",
-                      "| --- | --- | --- | --- | --- |"]
-            s, se = line(ds, "variance_slope"), line(ds, "variance_slope_stderr")
-            s0, se0 = line(ds, "init_variance_slope"), line(ds, "init_variance_slope_stderr")
+            lines += [f"| {gdim} | base rate | slope (trained) | slope (init) | slope (trained, OOD) | "
+                      "slope (init, OOD) | theory 1 - 2 gamma_outer |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
             lr = line(ds, "lr")
-            for g in s[gdim].values:
+            for g in lr[gdim].values:
                 go = g if mode == "outer" else fixed
-                lines.append(f"| {g:g} | {float(lr.sel({gdim: g})):.3g} | {_num(s.sel({gdim: g}), '+.2f')} ± "
-                             f"{_num(se.sel({gdim: g}), '.2f')} | {_num(s0.sel({gdim: g}), '+.2f')} ± "
-                             f"{_num(se0.sel({gdim: g}), '.2f')} | {1 - 2 * go:+.2f} |")
+                cells = []
+                for name in ("variance_slope", "init_variance_slope", "variance_slope_ood", "init_variance_slope_ood"):
+                    if name not in ds:
+                        cells.append("")
+                        continue
+                    cells.append(f"{_num(line(ds, name).sel({gdim: g}), '+.2f')} ± "
+                                 f"{_num(line(ds, name + '_stderr').sel({gdim: g}), '.2f')}")
+                lines.append(f"| {g:g} | {float(lr.sel({gdim: g})):.3g} | " + " | ".join(cells) + f" | {1 - 2 * go:+.2f} |")
             lines += ["", "Across-seed output variance (trained), by width", ""]
             lines += [f"| {gdim} | " + " | ".join(f"N={w}" for w in widths) + " |",
                       "| --- |" + " --- |" * len(widths)]
