@@ -134,6 +134,13 @@ def plot_sweep(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
     return paths
 
 
+def _save(fig, path: Path, plt) -> Path:
+    fig.tight_layout()
+    storage.save_figure(fig, path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plot_slopes(ds, path: Path, plt) -> Path:
     """Fitted variance slopes (± stderr) vs the varied gamma: at init and trained, on test and OOD probes."""
     vary = json.loads(ds.attrs["vary"])
@@ -160,10 +167,7 @@ def _plot_slopes(ds, path: Path, plt) -> Path:
         ax.set_ylabel("d log Var g / d log N (± fit stderr)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6.5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, plt)
 
 
 def _num(x, spec=".3f") -> str:
@@ -268,11 +272,6 @@ def _grid(plt, rows, cols, w=3.2, h=2.8):
     return fig, axes
 
 
-def _save(fig, path: Path, plt) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_transfer(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]:
