@@ -258,6 +258,10 @@ def collect_transfer(config: Config, search, data: Optional[Path] = None):
                for m in ("relative_l2", "validation_mse", "correlation")}
     curve_best = take(curves, np.broadcast_to(best_index[..., None, None, None], shape + (1, len(seeds), n_curve)),
                       axis=3)[..., 0, :, :]
+    unknown = ~np.isfinite(best_lr)  # cells still searching have no optimum yet
+    for m in at_best:
+        at_best[m][unknown] = np.nan
+    curve_best[unknown] = np.nan
     transfer_slope = np.full(shape[:2], np.nan)
     transfer_err = np.full(shape[:2], np.nan)
     for i in range(len(names)):
