@@ -76,7 +76,7 @@ def dataset_is_current(config: Config, path: Path) -> bool:
     from closure.data.generation import generation_key
     import xarray as xr
 
-    from closure.data.dataset import dataset_config, dns_start_name
+    from closure.data.dataset import dataset_config, has_dns_start
     from closure.les.ladder import ladder_models
 
     try:
@@ -84,8 +84,7 @@ def dataset_is_current(config: Config, path: Path) -> bool:
             key = ds.attrs.get("generation_key")
             if key is None:  # the stored config determines the key just as well
                 key = generation_key(dataset_config(ds))
-            has_start = dns_start_name(ds.attrs.get("equation", "navier_stokes_2d")) in ds.data_vars or any(
-                str(v).endswith("_dns") for v in ds.data_vars)
+            has_start = has_dns_start(ds)
     except (OSError, ValueError, RuntimeError, ClosureError, KeyError):
         return False
     if ladder_models(config, config.les.resolution) and not has_start:

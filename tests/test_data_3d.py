@@ -50,6 +50,7 @@ def test_file_schema_has_component_variables(dataset_3d):
         assert raw.attrs["Conventions"] == "CF-1.8" and raw.attrs["equation"] == "navier_stokes_3d"
         assert raw["z"].attrs["axis"] == "Z" and raw.sizes["z"] == 8
         assert "velocity" not in raw.data_vars and "sgs" not in raw.data_vars
+        assert raw["u_dns_t0"].dims == ("trajectory", "z_dns", "y_dns", "x_dns")  # the ladder's start
 
 
 def test_values_match_a_direct_simulation_and_the_stacked_layout(dataset_3d):
@@ -70,6 +71,7 @@ def test_values_match_a_direct_simulation_and_the_stacked_layout(dataset_3d):
     np.testing.assert_allclose(ds["velocity"].values, field.reshape(ds["velocity"].shape).numpy(), atol=1e-11)
     np.testing.assert_allclose(ds["sgs"].values, sgs.reshape(ds["sgs"].shape).numpy(), atol=1e-10)
     np.testing.assert_allclose(ds["velocity_dns"].values, snaps.numpy(), atol=1e-11)
+    np.testing.assert_array_equal(ds["velocity_dns_t0"].values, ds["velocity_dns"].isel(time=0).values)
     assert float(np.abs(ds["sgs"].values).max()) > 1e-4
     with xr.open_dataset(path, engine="netcdf4") as raw:
         np.testing.assert_array_equal(raw["w"].values, ds["velocity"].sel(component="w").values)

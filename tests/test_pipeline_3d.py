@@ -35,6 +35,9 @@ def test_pipeline_3d_end_to_end(tmp_path, capsys):
     for name, m in metrics.items():
         assert m["blowups"] == 0, name
         assert m["spectrum_error"] >= 0 and 0 <= m["gradient_pdf_distance"] <= 1, name
+    # the plain-solver ladder runs in 3D too (from the DNS start and from the filtered start)
+    ladder = [k for k in metrics if k.startswith("plain@")]
+    assert any(k.endswith(":filtered") for k in ladder) and any(not k.endswith(":filtered") for k in ladder)
     # the closures act: the Smagorinsky LES differs from the plain one
     assert metrics["smagorinsky"]["spectrum_error"] != metrics["none"]["spectrum_error"]
     for figure in ("spectra.png", "pdf.png", "snapshots.png", "report.md"):

@@ -52,7 +52,7 @@ __all__ = [
     "FIELD_NAMES", "field_name", "spatial_dims", "build_dataset", "write", "open_dataset", "validate",
     "dataset_config", "split_trajectories", "encoding_for", "REQUIRED_ATTRS", "global_attrs",
     "COMPONENTS", "field_dims", "component_variables", "split_components", "stack_components", "dns_start_name",
-    "dns_start", "dataset_identity",
+    "dns_start", "dataset_identity", "has_dns_start",
 ]
 
 FIELD_NAMES = {"burgers_1d": "u", "navier_stokes_2d": "omega", "navier_stokes_3d": "velocity"}
@@ -70,6 +70,7 @@ _LONG_NAMES = {
     "velocity_dns": "DNS velocity u",
     "u_dns_t0": "DNS velocity u at the trajectory's first snapshot",
     "omega_dns_t0": "DNS vorticity omega at the trajectory's first snapshot",
+    "velocity_dns_t0": "DNS velocity u at the trajectory's first snapshot",
 }
 _SGS_LONG_NAME = {
     "u": "subgrid-scale tendency P G R(u) - R_les(P G u) of the filtered velocity",
@@ -141,7 +142,7 @@ def stack_components(ds: xr.Dataset) -> xr.Dataset:
         return ds
     base = FIELD_NAMES[equation]
     out = ds
-    for name in (base, "sgs", base + "_dns"):
+    for name in (base, "sgs", base + "_dns", dns_start_name(equation)):
         comps = component_variables(equation, name)
         if not all(c in out.data_vars for c in comps):
             continue
@@ -149,8 +150,9 @@ def stack_components(ds: xr.Dataset) -> xr.Dataset:
         if "long_name" in attrs:
             attrs["long_name"] = attrs["long_name"].rsplit(", x component", 1)[0]
         stacked = xr.concat([out[c] for c in comps], dim="component").assign_attrs(attrs)
-        dims = stacked.dims
-        stacked = stacked.transpose(dims[1], dims[2], "component", *dims[3:]) if dims[0] == "component" else stacked
+        space = [d for d in stacked.dims if d[0] in "xyz"]  # x, y, z (and *_dns): after the component axis
+        stacked = stacked.transpose(*[d for d in stacked.dims if d != "component" and d not in space],
+                                    "component", *space)
         out = out.drop_vars(list(comps)).assign({name: stacked})
     return out.assign_coords(component=("component", list(COMPONENTS[equation])))
 
@@ -200,7 +202,7 @@ def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[fl
         name: (dims, np.asarray(field, dtype=dtype), {"long_name": _LONG_NAMES[name], "units": _UNITS[name]}),
         "sgs": (dims, np.asarray(sgs, dtype=dtype), {"long_name": _SGS_LONG_NAME[name], "units": _UNITS["sgs"]}),
     }
-    if dns_field is not None or (dns_start is not None and s.ndim < 3):
+    if dns_field is not None or dns_start is not None:
         for axis in "xyz"[:s.ndim]:
             coords[f"{axis}_dns"] = (f"{axis}_dns", _coordinate(n_dns, s.length),
                                      {"long_name": f"{axis} position (DNS grid)", "units": "1"})
@@ -208,9 +210,9 @@ def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[fl
         dns_dims = ("trajectory", "time") + field_dims(s.equation, dns=True)
         data_vars[name + "_dns"] = (dns_dims, np.asarray(dns_field, dtype=dtype),
                                     {"long_name": _LONG_NAMES[name + "_dns"], "units": _UNITS[name]})
-    if dns_start is not None and s.ndim < 3:  # the ladder (closure.les.ladder) is one- and two-dimensional
+    if dns_start is not None:
         start = dns_start_name(s.equation)
-        data_vars[start] = (("trajectory",) + spatial_dims(s.equation, dns=True), np.asarray(dns_start, dtype=dtype),
+        data_vars[start] = (("trajectory",) + field_dims(s.equation, dns=True), np.asarray(dns_start, dtype=dtype),
                             {"long_name": _LONG_NAMES[start], "units": _UNITS[name],
                              "time": float(np.asarray(times, dtype=np.float64)[0])})
     if dns_steps is not None:  # (time,) shared by the batch, or (trajectory, time)
@@ -323,13 +325,22 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
             if tuple(ds[dns_name].dims) != expect:
                 raise ClosureError(f"{source}: variable {dns_name!r} has dimensions {tuple(ds[dns_name].dims)}, "
                                    f"expected {expect}")
-    start = dns_start_name(equation)
-    if start in ds.data_vars:
-        expect = ("trajectory",) + spatial_dims(equation, dns=True)
-        if tuple(ds[start].dims) != expect:
-            raise ClosureError(f"{source}: variable {start!r} has dimensions {tuple(ds[start].dims)}, "
-                               f"expected {expect}")
+    for start in component_variables(equation, dns_start_name(equation)):
+        if start in ds.data_vars:
+            expect = ("trajectory",) + spatial_dims(equation, dns=True)
+            if tuple(ds[start].dims) != expect:
+                raise ClosureError(f"{source}: variable {start!r} has dimensions {tuple(ds[start].dims)}, "
+                                   f"expected {expect}")
     return ds
+
+
+def has_dns_start(ds: xr.Dataset) -> bool:
+    """Whether a dataset (file or in-memory layout) holds the DNS state at the first snapshot."""
+    equation = ds.attrs.get("equation", "navier_stokes_2d")
+    if equation not in FIELD_NAMES:
+        return False
+    names = [dns_start_name(equation), FIELD_NAMES[equation] + "_dns"]
+    return any(n in ds.data_vars or all(c in ds.data_vars for c in component_variables(equation, n)) for n in names)
 
 
 def dns_start(ds: xr.Dataset, trajectories: Sequence[int], source: str = "dataset") -> np.ndarray:

@@ -34,7 +34,8 @@ each optionally followed by ``:filtered`` (or ``:dns``, the default start).
     ladder_models(config, n_les)                          # the names run.ladder asks for
 
 The DNS state at the first snapshot is stored in every dataset (``omega_dns_t0``/
-``u_dns_t0``, docs/data.md), so the ladder works without ``data.keep_dns``.
+``u_dns_t0``; in 3D ``u_dns_t0``, ``v_dns_t0``, ``w_dns_t0``, docs/data.md), so the ladder
+works without ``data.keep_dns``, in 1D, 2D and 3D.
 """
 
 from __future__ import annotations
@@ -129,11 +130,8 @@ def parse_plain(name: str, n_les: int) -> PlainSpec:
 
 
 def ladder_models(config: Config, n_les: int) -> list[str]:
-    """The ladder's model names for ``run.ladder`` x ``run.ladder_starts`` (duplicates dropped;
-    none in 3D, where the ladder is not available yet)."""
+    """The ladder's model names for ``run.ladder`` x ``run.ladder_starts`` (duplicates dropped)."""
     names: list[str] = []
-    if config.system.ndim > 2:
-        return names
     for start in config.run.ladder_starts:
         for factor in config.run.ladder:
             label = PlainSpec(ladder_resolution(n_les, float(factor)), start).label
@@ -180,9 +178,6 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
     spec = parse_plain(model, n_les)
     var = ds_io.field_name(cfg.system.equation)
     ndim = cfg.system.ndim
-    if ndim > 2:
-        raise ClosureError(f"--model {model}: the plain-solver ladder runs for burgers_1d and navier_stokes_2d, "
-                           f"not {cfg.system.equation}")
     length = cfg.system.length
 
     times = np.asarray(ds["time"].values, dtype=np.float64)
@@ -258,7 +253,8 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
 def _coarse_grain(field: np.ndarray, grid: SpectralGrid, les_grid: SpectralGrid, filt, device, dtype) -> np.ndarray:
     """``P G w`` of every snapshot ``(trajectory, time, *grid)`` onto the LES grid (NaN stays NaN)."""
     batch, saves = field.shape[:2]
-    out = np.full((batch, saves) + les_grid.shape, np.nan, dtype=field.dtype)
+    components = field.shape[2:-grid.ndim]  # (3,) for the 3D velocity
+    out = np.full((batch, saves) + components + les_grid.shape, np.nan, dtype=field.dtype)
     with torch.no_grad():
         for j in range(saves):  # one snapshot of every trajectory at a time: bounded memory
             snap = field[:, j]
