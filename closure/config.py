@@ -22,11 +22,13 @@ from __future__ import annotations
 import math
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+import solvers
+from closure.equations import EQUATION_NAMES, equation_spec
 from closure.errors import ClosureError
 
 MAX_COUNT = 2 ** 31 - 1  # counts, sizes and steps (fit a 32-bit index)
@@ -51,8 +53,17 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- system
+# Each forcing section builds its solver forcing: ``build(seeds)`` (seeds: one per
+# trajectory, used by random forcings only); ``check_resolution(n)`` raises ValueError
+# when an n-point grid does not resolve it.
 class NoForcing(Section):
     type: Literal["none"] = "none"
+
+    def check_resolution(self, n: int) -> None:
+        return None
+
+    def build(self, seeds: Optional[Sequence[int]] = None) -> None:
+        return None
 
 
 class KolmogorovForcing(Section):
@@ -62,6 +73,13 @@ class KolmogorovForcing(Section):
     wavenumber: PositiveInt = 4
     amplitude: float = 1.0
 
+    def check_resolution(self, n: int) -> None:
+        if self.wavenumber >= n // 2:
+            raise ValueError(f"system.forcing.wavenumber={self.wavenumber} is not resolved by les.resolution={n}")
+
+    def build(self, seeds: Optional[Sequence[int]] = None) -> solvers.Kolmogorov:
+        return solvers.Kolmogorov(wavenumber=self.wavenumber, amplitude=self.amplitude)
+
 
 class GuanForcing(Section):
     """Vorticity forcing -A k_f (cos k_f x + cos k_f y) (Guan et al. 2022, py2d)."""
@@ -69,6 +87,13 @@ class GuanForcing(Section):
     type: Literal["guan"] = "guan"
     wavenumber: PositiveInt = 4
     amplitude: float = 1.0
+
+    def check_resolution(self, n: int) -> None:
+        if self.wavenumber >= n // 2:
+            raise ValueError(f"system.forcing.wavenumber={self.wavenumber} is not resolved by les.resolution={n}")
+
+    def build(self, seeds: Optional[Sequence[int]] = None) -> solvers.Guan:
+        return solvers.Guan(wavenumber=self.wavenumber, amplitude=self.amplitude)
 
 
 class StochasticBurgersForcing(Section):
@@ -78,6 +103,15 @@ class StochasticBurgersForcing(Section):
     amplitude: float = math.sqrt(2.0) * 1e-2
     modes: PositiveInt = 3
     interval: PositiveFloat = 0.2
+
+    def check_resolution(self, n: int) -> None:
+        if self.modes >= n // 2:
+            raise ValueError(f"system.forcing.modes={self.modes} does not fit les.resolution={n}")
+
+    def build(self, seeds: Optional[Sequence[int]] = None) -> solvers.StochasticBurgers:
+        if seeds is None:
+            raise ValueError("the stochastic forcing needs one seed per trajectory")
+        return solvers.StochasticBurgers(seeds, amplitude=self.amplitude, interval=self.interval, modes=self.modes)
 
 
 class LinearForcingConfig(Section):
@@ -91,6 +125,14 @@ class LinearForcingConfig(Section):
     coefficient: PositiveFloat = 0.1
     wavenumber: Optional[PositiveFloat] = 2.0
 
+    def check_resolution(self, n: int) -> None:
+        if self.wavenumber is None or self.wavenumber >= n // 2:
+            raise ValueError(f"system.forcing.wavenumber={self.wavenumber}: the linear forcing's band must lie "
+                             f"inside the LES grid (below {n // 2}) so that it commutes with the filter")
+
+    def build(self, seeds: Optional[Sequence[int]] = None) -> solvers.LinearForcing:
+        return solvers.LinearForcing(self.coefficient, max_wavenumber=self.wavenumber)
+
 
 class BandForcingConfig(Section):
     """3D: a steady solenoidal forcing on the shell low <= |m| <= high with random phases, rms `amplitude`."""
@@ -101,6 +143,14 @@ class BandForcingConfig(Section):
     amplitude: float = 1.0
     seed: int = 0
 
+    def check_resolution(self, n: int) -> None:
+        if self.high >= n // 3:
+            raise ValueError(f"system.forcing.high={self.high:g} is not resolved by the 2/3-dealiased "
+                             f"les.resolution={n} (needs high < {n // 3})")
+
+    def build(self, seeds: Optional[Sequence[int]] = None) -> solvers.BandForcing:
+        return solvers.BandForcing(self.low, self.high, amplitude=self.amplitude, seed=self.seed)
+
 
 Forcing = Annotated[
     Union[NoForcing, KolmogorovForcing, GuanForcing, StochasticBurgersForcing, LinearForcingConfig,
@@ -110,7 +160,7 @@ Forcing = Annotated[
 
 
 class SystemConfig(Section):
-    equation: Literal["navier_stokes_2d", "burgers_1d", "navier_stokes_3d"] = "navier_stokes_2d"
+    equation: Literal[EQUATION_NAMES] = "navier_stokes_2d"  # closure.equations.EQUATIONS
     length: PositiveFloat = 2 * math.pi
     viscosity: PositiveFloat = 1.0e-3
     drag: NonNegativeFloat = 0.0
@@ -118,20 +168,20 @@ class SystemConfig(Section):
 
     @model_validator(mode="after")
     def _forcing_fits_equation(self) -> "SystemConfig":
-        kind = self.forcing.type
-        if self.equation == "burgers_1d" and kind in ("kolmogorov", "guan"):
-            raise ValueError(f"forcing type {kind!r} is two-dimensional; burgers_1d takes 'none' or 'stochastic'")
-        if self.equation == "navier_stokes_2d" and kind in ("stochastic", "linear", "band"):
-            raise ValueError(f"forcing type {kind!r} is not a 2D forcing; navier_stokes_2d takes 'none', 'kolmogorov' or 'guan'")
-        if self.equation == "navier_stokes_3d" and kind not in ("none", "linear", "band"):
-            raise ValueError(f"forcing type {kind!r} is not a 3D forcing; navier_stokes_3d takes 'none', 'linear' or 'band'")
-        if self.equation == "burgers_1d" and kind in ("linear", "band"):
-            raise ValueError(f"forcing type {kind!r} is three-dimensional; burgers_1d takes 'none' or 'stochastic'")
+        kind, allowed = self.forcing.type, self.spec.forcings
+        if kind not in allowed:
+            raise ValueError(f"forcing type {kind!r} is not a {self.spec.ndim}D forcing; {self.equation} takes "
+                             f"{', '.join(repr(a) for a in allowed)}")
         return self
 
     @property
+    def spec(self):
+        """The `closure.equations.EquationSpec` of ``equation``."""
+        return equation_spec(self.equation)
+
+    @property
     def ndim(self) -> int:
-        return {"burgers_1d": 1, "navier_stokes_2d": 2, "navier_stokes_3d": 3}[self.equation]
+        return self.spec.ndim
 
 
 # --------------------------------------------------------------------------- initial

@@ -46,6 +46,7 @@ import numpy as np
 import xarray as xr
 
 from closure import storage
+from closure.equations import EQUATIONS, equation_spec
 from closure.errors import ClosureError
 
 __all__ = [
@@ -55,10 +56,9 @@ __all__ = [
     "dns_start", "dataset_identity", "has_dns_start",
 ]
 
-FIELD_NAMES = {"burgers_1d": "u", "navier_stokes_2d": "omega", "navier_stokes_3d": "velocity"}
+FIELD_NAMES = {name: spec.field for name, spec in EQUATIONS.items()}
 # vector fields: the file variables of the components (x, y, z), in the solver's component order
-COMPONENTS = {"navier_stokes_3d": ("u", "v", "w")}
-_SPATIAL_DIMS = {"burgers_1d": ("x",), "navier_stokes_2d": ("y", "x"), "navier_stokes_3d": ("z", "y", "x")}
+COMPONENTS = {name: spec.variables for name, spec in EQUATIONS.items() if spec.components > 1}
 REQUIRED_ATTRS = ("equation", "length", "viscosity", "drag", "forcing", "dns_resolution", "les_resolution",
                   "filter", "dt", "config", "closure_version", "created")
 _LONG_NAMES = {
@@ -84,7 +84,7 @@ _CHUNK_BYTES = 4 * 2 ** 20
 
 
 def field_name(equation: str) -> str:
-    return FIELD_NAMES[equation]
+    return equation_spec(equation).field
 
 
 def dns_start_name(equation: str) -> str:
@@ -94,7 +94,7 @@ def dns_start_name(equation: str) -> str:
 
 def spatial_dims(equation: str, dns: bool = False) -> tuple[str, ...]:
     """The grid dimensions: ``(x,)``, ``(y, x)`` or ``(z, y, x)`` (``*_dns`` on the DNS grid)."""
-    dims = _SPATIAL_DIMS[equation]
+    dims = equation_spec(equation).dims
     return tuple(d + "_dns" for d in dims) if dns else dims
 
 
@@ -188,14 +188,11 @@ def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[fl
                        {"long_name": "trajectory id (independent random initial condition)"}),
         "time": ("time", np.asarray(times, dtype=np.float64),
                  {"long_name": "model time since the initial condition", "units": "1", "axis": "T"}),
-        "x": ("x", _coordinate(n_les, s.length), {"long_name": "x position (LES grid)", "units": "1", "axis": "X"}),
     }
-    if s.ndim >= 2:
-        coords["y"] = ("y", _coordinate(n_les, s.length), {"long_name": "y position (LES grid)", "units": "1",
-                                                           "axis": "Y"})
-    if s.ndim == 3:
-        coords["z"] = ("z", _coordinate(n_les, s.length), {"long_name": "z position (LES grid)", "units": "1",
-                                                           "axis": "Z"})
+    for d in reversed(spatial_dims(s.equation)):  # x first
+        coords[d] = (d, _coordinate(n_les, s.length), {"long_name": f"{d} position (LES grid)", "units": "1",
+                                                       "axis": d.upper()})
+    if s.equation in COMPONENTS:
         coords["component"] = ("component", list(COMPONENTS[s.equation]),
                                {"long_name": "velocity component (x, y, z)"})
     data_vars = {

@@ -256,21 +256,10 @@ def generate(config: Config, output=None, *, scheduler: Optional[str] = None, wo
 
 
 def _check_grid(config: Config):
-    if config.system.forcing.type in ("kolmogorov", "guan"):
-        k = config.system.forcing.wavenumber
-        if k >= config.les.resolution // 2:
-            raise ClosureError(f"system.forcing.wavenumber={k} is not resolved by les.resolution="
-                               f"{config.les.resolution}")
-    f = config.system.forcing
-    if f.type == "band" and f.high >= config.les.resolution // 3:
-        raise ClosureError(f"system.forcing.high={f.high:g} is not resolved by the 2/3-dealiased les.resolution="
-                           f"{config.les.resolution} (needs high < {config.les.resolution // 3})")
-    if f.type == "linear" and (f.wavenumber is None or f.wavenumber >= config.les.resolution // 2):
-        raise ClosureError(f"system.forcing.wavenumber={f.wavenumber}: the linear forcing's band must lie inside "
-                           f"the LES grid (below {config.les.resolution // 2}) so that it commutes with the filter")
-    if config.system.forcing.type == "stochastic" and config.system.forcing.modes >= config.les.resolution // 2:
-        raise ClosureError(f"system.forcing.modes={config.system.forcing.modes} does not fit les.resolution="
-                           f"{config.les.resolution}")
+    try:
+        config.system.forcing.check_resolution(config.les.resolution)
+    except ValueError as err:
+        raise ClosureError(str(err)) from None
 
 
 def _run_in_process(config: Config, todo, steps_per_traj: int, progress: Optional[bool],

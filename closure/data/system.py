@@ -13,7 +13,6 @@ from typing import Optional, Sequence
 
 import torch
 
-import solvers
 from closure.data.filters import Filter
 from solvers.forcing import Forcing, seed_for
 from solvers.spectral import SpectralGrid
@@ -29,22 +28,8 @@ def trajectory_seeds(config, trajectory_ids: Sequence[int]) -> list[int]:
 
 
 def make_forcing(config, seeds: Optional[Sequence[int]] = None) -> Optional[Forcing]:
-    f = config.system.forcing
-    if f.type == "none":
-        return None
-    if f.type == "kolmogorov":
-        return solvers.Kolmogorov(wavenumber=f.wavenumber, amplitude=f.amplitude)
-    if f.type == "guan":
-        return solvers.Guan(wavenumber=f.wavenumber, amplitude=f.amplitude)
-    if f.type == "linear":
-        return solvers.LinearForcing(f.coefficient, max_wavenumber=f.wavenumber)
-    if f.type == "band":
-        return solvers.BandForcing(f.low, f.high, amplitude=f.amplitude, seed=f.seed)
-    if f.type == "stochastic":
-        if seeds is None:
-            raise ValueError("the stochastic forcing needs one seed per trajectory")
-        return solvers.StochasticBurgers(seeds, amplitude=f.amplitude, interval=f.interval, modes=f.modes)
-    raise ValueError(f"unknown forcing type {f.type!r}")
+    """The solver forcing of ``config.system.forcing`` (None without forcing)."""
+    return config.system.forcing.build(seeds)
 
 
 def make_filter(config) -> Filter:
@@ -78,14 +63,8 @@ class FilteredForcing(Forcing):
 
 def _equation(config, n: int, forcing, dtype, device):
     s = config.system
-    if s.equation == "burgers_1d":
-        return solvers.Burgers1D(n, viscosity=s.viscosity, drag=s.drag, forcing=forcing, length=s.length,
-                                 dtype=dtype, device=device)
-    if s.equation == "navier_stokes_3d":
-        return solvers.NavierStokes3D(n, viscosity=s.viscosity, drag=s.drag, forcing=forcing, length=s.length,
-                                      dtype=dtype, device=device)
-    return solvers.NavierStokes2D(n, viscosity=s.viscosity, drag=s.drag, forcing=forcing, length=s.length,
-                                  dtype=dtype, device=device)
+    return s.spec.solver(n, viscosity=s.viscosity, drag=s.drag, forcing=forcing, length=s.length,
+                         dtype=dtype, device=device)
 
 
 def dns_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequence[int]] = None):
@@ -109,11 +88,4 @@ def les_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequ
 def initial_state(config, grid: SpectralGrid, seeds: Sequence[int]) -> torch.Tensor:
     """Random initial DNS fields (one per seed) from the ``initial`` section."""
     ini = config.initial
-    if grid.ndim == 1:
-        return solvers.random_velocity(grid, seeds, peak_wavenumber=ini.peak_wavenumber, energy=ini.energy)
-    if grid.ndim == 3:
-        if ini.type == "taylor_green":  # E = V^2 / 8
-            return solvers.taylor_green_vortex(grid, amplitude=(8 * ini.energy) ** 0.5, batch=len(seeds))
-        return solvers.random_solenoidal_velocity(grid, seeds, peak_wavenumber=ini.peak_wavenumber,
-                                                  energy=ini.energy)
-    return solvers.random_vorticity(grid, seeds, peak_wavenumber=ini.peak_wavenumber, energy=ini.energy)
+    return config.system.spec.initial(grid, seeds, ini)

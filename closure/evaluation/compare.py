@@ -67,6 +67,7 @@ from closure.data import dataset as ds_io
 from closure.evaluation import front as F
 from closure.evaluation import metrics as M
 from closure import storage
+from closure.equations import equation_spec
 from closure.errors import ClosureError
 
 log = logging.getLogger("closure.evaluation.compare")
@@ -229,7 +230,7 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
     ref_ds = ds_io.open_dataset(reference)
     equation = ref_ds.attrs["equation"]
     var = ds_io.field_name(equation)
-    ndim = len(ds_io.spatial_dims(equation))
+    ndim = equation_spec(equation).ndim
     length = float(ref_ds.attrs["length"])
     ref_times = np.asarray(ref_ds["time"].values, dtype=np.float64)
     ref_ids = [int(i) for i in np.asarray(ref_ds["trajectory"].values)]

@@ -101,19 +101,17 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from closure.errors import ClosureError
 from closure.data.filters import Filter
+from closure.errors import ClosureError
+from closure.nn import load_closure
 from closure.nn.features import dealias_residual
 from solvers.spectral import SpectralGrid
 
 __all__ = [
     "Closure", "NoClosure", "Smagorinsky", "Leith", "DynamicSmagorinsky", "DealiasResidual", "Sum",
-    "BASELINES", "CALIBRATION_FILE", "CALIBRATED_CONSTANTS", "make_closure", "classical_closure", "is_baseline",
-    "is_calibrated_run", "dynamic_widths",
+    "BASELINES", "CLOSURES", "CALIBRATION_FILE", "CALIBRATED_CONSTANTS", "make_closure", "classical_closure",
+    "is_baseline", "is_calibrated_run", "dynamic_widths",
 ]
-
-BASELINES = ("none", "smagorinsky", "dynamic_smagorinsky", "leith", "dealias_residual")
-CALIBRATION_FILE = "calibration.json"  # a calibrated classical closure's run directory (closure calibrate)
 
 
 class _Ops:
@@ -446,27 +444,38 @@ class Sum(Closure):
 
 
 # ------------------------------------------------------------------------------- factory
+CALIBRATION_FILE = "calibration.json"  # a calibrated classical closure's run directory (closure calibrate)
+# the calibrated constant of each classical closure (closure.training.calibrate)
+CALIBRATED_CONSTANTS = {"smagorinsky": "smagorinsky_cs", "leith": "leith_cl", "dynamic_smagorinsky": "dynamic_scale"}
+
+
+def _dynamic(equation, les, scale: float) -> nn.Module:
+    """The Germano-Lilly model with the test filter of the dataset's filter ``les.filter`` when known."""
+    if les is not None:
+        return DynamicSmagorinsky.for_filter(equation, les.filter, scale=scale)
+    return DynamicSmagorinsky.for_equation(equation, scale=scale)
+
+
+# name -> closure(les_equation, les section or None, constants); the constants are
+# smagorinsky_cs, leith_cl and dynamic_scale (`classical_closure` fills them in)
+CLOSURES: dict[str, Callable] = {
+    "none": lambda eq, les, c: NoClosure(),
+    "smagorinsky": lambda eq, les, c: Smagorinsky.for_equation(eq, cs=c["smagorinsky_cs"]),
+    "dynamic_smagorinsky": lambda eq, les, c: _dynamic(eq, les, c["dynamic_scale"]),
+    "leith": lambda eq, les, c: Leith.for_equation(eq, cl=c["leith_cl"]),
+    "dealias_residual": lambda eq, les, c: DealiasResidual.for_equation(eq),
+}
+BASELINES = tuple(CLOSURES)
+
+
 def is_baseline(name: str) -> bool:
-    return all(part.strip() in BASELINES for part in str(name).split("+"))
+    """Whether ``name`` is a baseline of `CLOSURES` or a ``+`` sum of baselines."""
+    return all(part.strip() in CLOSURES for part in str(name).split("+"))
 
 
 def is_calibrated_run(path) -> bool:
     """Whether ``path`` is a calibrated classical closure's run directory (`closure calibrate`)."""
     return Path(str(path)).is_dir() and (Path(str(path)) / CALIBRATION_FILE).is_file()
-
-
-def _load_learned(model_dir, equation) -> nn.Module:
-    from closure.nn import load_model
-
-    path = Path(model_dir)
-    model_file = path / "model.pt" if path.is_dir() else path
-    if not model_file.is_file():
-        raise ClosureError(f"{path}: no model.pt (expected a training run directory from `closure train`)")
-    model = load_model(model_file)
-    model = model.to(device=equation.device, dtype=equation.dtype).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def _load_calibrated(run_dir, equation, config) -> nn.Module:
@@ -483,36 +492,24 @@ def _load_calibrated(run_dir, equation, config) -> nn.Module:
     return classical_closure(name, equation, config, **constants)
 
 
-# the calibrated constant of each classical closure (closure.training.calibrate)
-CALIBRATED_CONSTANTS = {"smagorinsky": "smagorinsky_cs", "leith": "leith_cl", "dynamic_smagorinsky": "dynamic_scale"}
-
-
 def classical_closure(name: str, les_equation, config=None, smagorinsky_cs: Optional[float] = None,
                       leith_cl: Optional[float] = None, dynamic_scale: float = 1.0) -> nn.Module:
-    """The classical closure ``name`` for an LES equation; constants default to ``config.run``'s.
+    """The baseline ``name`` of `CLOSURES` for an LES equation; constants default to ``config.run``'s.
 
     ``dynamic_scale`` multiplies the dynamic coefficient (1: the Germano-Lilly model).
     """
+    if name not in CLOSURES:
+        raise ClosureError(f"model {name!r} is not one of {', '.join(BASELINES)}")
     run = getattr(config, "run", None)
+    constants = {
+        "smagorinsky_cs": smagorinsky_cs if smagorinsky_cs is not None else (run.smagorinsky_cs if run else 0.17),
+        "leith_cl": leith_cl if leith_cl is not None else (run.leith_cl if run else 0.2),
+        "dynamic_scale": dynamic_scale,
+    }
     les = getattr(config, "les", None)
-    cs = smagorinsky_cs if smagorinsky_cs is not None else (run.smagorinsky_cs if run is not None else 0.17)
-    cl = leith_cl if leith_cl is not None else (run.leith_cl if run is not None else 0.2)
-    if name == "none":
-        return NoClosure()
-    if les_equation.grid.ndim == 3:
-        return _velocity_closure(name, les_equation, les, cs, dynamic_scale)
-    if name == "smagorinsky":
-        return Smagorinsky.for_equation(les_equation, cs=cs)
-    if name == "leith":
-        return Leith.for_equation(les_equation, cl=cl)
-    if name == "dealias_residual":
-        return DealiasResidual.for_equation(les_equation)
-    if name in ("dynamic_smagorinsky", "dynamic", "dynamic_smagorinsky_local"):
-        averaging = "local" if name.endswith("_local") else "domain"
-        if les is not None:
-            return DynamicSmagorinsky.for_filter(les_equation, les.filter, averaging=averaging, scale=dynamic_scale)
-        return DynamicSmagorinsky.for_equation(les_equation, averaging=averaging, scale=dynamic_scale)
-    raise ClosureError(f"model {name!r} is not one of {', '.join(BASELINES)}")
+    if name != "none" and les_equation.grid.ndim == 3:
+        return _velocity_closure(name, les_equation, les, constants["smagorinsky_cs"], dynamic_scale)
+    return CLOSURES[name](les_equation, les, constants)
 
 
 def _velocity_closure(name: str, les_equation, les, cs: float, dynamic_scale: float) -> nn.Module:
@@ -522,7 +519,7 @@ def _velocity_closure(name: str, les_equation, les, cs: float, dynamic_scale: fl
 
     if name == "smagorinsky":
         return Smagorinsky3D.for_equation(les_equation, cs=cs)
-    if name in ("dynamic_smagorinsky", "dynamic"):
+    if name == "dynamic_smagorinsky":
         if les is not None:
             return DynamicSmagorinsky3D.for_filter(les_equation, les.filter, scale=dynamic_scale)
         return DynamicSmagorinsky3D.for_equation(les_equation, scale=dynamic_scale)
@@ -532,26 +529,27 @@ def _velocity_closure(name: str, les_equation, les, cs: float, dynamic_scale: fl
 def make_closure(name: str, les_equation, config=None, model_dir: Optional[str | Path] = None) -> nn.Module:
     """The closure called ``name`` for an LES equation (its grid, device and dtype).
 
-    ``name``: ``none``, ``smagorinsky``, ``dynamic_smagorinsky``, ``leith``,
-    ``dealias_residual``, ``learned`` (loads ``model_dir/model.pt``), a path to a
-    training run directory or to a calibration run directory (`closure calibrate`:
-    the classical closure with its fitted constant), or a ``+``-separated sum such
-    as ``smagorinsky+dealias_residual``. Constants come from ``config.run``
+    ``name``: a baseline of `CLOSURES` (``none``, ``smagorinsky``,
+    ``dynamic_smagorinsky``, ``leith``, ``dealias_residual``), ``learned`` (the
+    model of the training run directory ``model_dir``), a path to a training run
+    directory or to a calibration run directory (`closure calibrate`: the
+    classical closure with its fitted constant), or a ``+``-separated sum such as
+    ``smagorinsky+dealias_residual``. Constants come from ``config.run``
     (``smagorinsky_cs``, ``leith_cl``); the dynamic model's filter widths from
     ``config.les.filter`` (the dataset's filter).
     """
-    parts = [p.strip() for p in str(name).split("+")] if "+" in str(name) else [str(name)]
+    parts = [p.strip() for p in str(name).split("+")]
     if len(parts) > 1:
         return Sum(*[make_closure(p, les_equation, config, model_dir) for p in parts])
     name = parts[0]
-    if name in BASELINES or name in ("dynamic", "dynamic_smagorinsky_local"):
+    if name in CLOSURES:
         return classical_closure(name, les_equation, config)
     if name == "learned":
         if model_dir is None:
             raise ClosureError("model 'learned' needs a training run directory (model_dir)")
-        return _load_learned(model_dir, les_equation)
+        return load_closure(model_dir, les_equation.device, les_equation.dtype)
     if is_calibrated_run(name):
         return _load_calibrated(name, les_equation, config)
     if Path(name).exists():
-        return _load_learned(name, les_equation)
+        return load_closure(name, les_equation.device, les_equation.dtype)
     raise ClosureError(f"model {name!r} is neither a training run directory nor one of {', '.join(BASELINES)}")

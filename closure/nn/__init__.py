@@ -8,7 +8,7 @@ symmetry helpers; build_model / save_model / load_model.
 
 from closure.nn.cnn import ConvClosure, MeanFieldCNN
 from closure.nn.features import DERIVED_FEATURES, FieldClosure
-from closure.nn.io import build_model, load_model, model_from_architecture, save_model
+from closure.nn.io import build_model, load_closure, load_model, model_from_architecture, save_model
 from closure.nn.meanfield import ACTIVATIONS, ArchitectureError, MeanFieldMLP, MeanFieldNet
 from closure.nn.rates import adam_rates, layer_rates, param_groups, sgd_rates
 from closure.nn.stencil import StencilClosure, stencil_patches
@@ -40,6 +40,7 @@ __all__ = [
     "group_elements",
     "inverse_transform",
     "layer_rates",
+    "load_closure",
     "load_model",
     "model_from_architecture",
     "param_groups",

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from closure.errors import ClosureError
 from closure.storage import torch_save
 from closure.nn.cnn import ConvClosure, MeanFieldCNN
 from closure.nn.meanfield import ArchitectureError, MeanFieldMLP
@@ -244,3 +245,19 @@ def read_made_for(path: str | os.PathLike) -> dict:
     """``made_for`` of a model file or run directory, without building the model."""
     path = model_file(path)
     return made_for(_read(path, "cpu").get("extra", {}))
+
+
+def load_closure(run_dir: str | os.PathLike, device=None, dtype: torch.dtype | None = None) -> nn.Module:
+    """The trained closure of a training run directory (or a ``model.pt`` path), ready for an LES.
+
+    Loaded with `load_model`, moved to ``device``/``dtype``, in eval mode, its
+    parameters frozen (``requires_grad=False``).
+    """
+    path = Path(run_dir)
+    file = model_file(path)
+    if not file.is_file():
+        raise ClosureError(f"{path}: no model.pt (expected a training run directory from `closure train`)")
+    model = load_model(file).to(device=device, dtype=dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
