@@ -2,7 +2,7 @@
 
 A config is the complete description of an experiment: it is validated here
 (unknown keys are errors), resolved (defaults filled in) and stored inside every
-output file. The keys follow `CONTRACT.md`.
+output file. The keys: docs/conventions.md.
 
     load_config(path, overrides=["train.lr=0.5", ...]) -> Config
     config_to_yaml(config) -> str      # the resolved config, as stored in outputs
@@ -364,7 +364,7 @@ class SweepConfig(Section):
     vary: list[Literal["outer", "inner"]] = Field(default_factory=lambda: ["outer", "inner"])
     time: Optional[PositiveFloat] = None  # training time t = k / N_L (theory units); else train.epochs
     tune_lr: bool = False
-    # --- added with the first closure sweep (all optional; defaults keep older configs valid)
+    # optional refinements of the grid (the defaults reproduce the plain gamma grid)
     fixed_gamma: Annotated[float, Field(ge=0.5, le=1.0)] = 1.0  # gamma of the layers not varied
     gammas_inner: Optional[list[Annotated[float, Field(ge=0.5, le=1.0)]]] = None  # vary inner over these (None: gammas)
     depth: Optional[PositiveInt] = None  # hidden layers (None: len(model.hidden))

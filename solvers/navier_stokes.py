@@ -31,7 +31,7 @@ __all__ = ["NavierStokes2D"]
 class NavierStokes2D(SpectralEquation):
     """``omega_t = -u . grad(omega) + nu lap(omega) - drag omega + f``, pseudo-spectral, batched.
 
-    Parameters follow CONTRACT.md: ``NavierStokes2D(n, viscosity=..., drag=0.0,
+    ``NavierStokes2D(n, viscosity=..., drag=0.0,
     forcing=None, length=2*pi, dtype=..., device=...)``.
     """
 

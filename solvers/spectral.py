@@ -1,6 +1,6 @@
 """The spectral toolkit: wavenumbers, real FFTs, derivatives, dealiasing, Poisson.
 
-Conventions (CONTRACT.md):
+Conventions (docs/conventions.md):
 
 - A periodic box [0, L)^d sampled at x_j = j L / n; fields are real, stored with a
   leading batch dimension, 2D fields indexed ``[y, x]`` and 3D fields ``[z, y, x]``

@@ -170,7 +170,7 @@ def test_dispatch_passes_the_contract_arguments(config_file, tiny_dataset, tmp_p
         try:
             mod = importlib.import_module(module)
             monkeypatch.setattr(mod, name, f)
-        except ImportError:  # written by another engineer, maybe not yet
+        except ImportError:  # a stage module that cannot be imported here: stand in for it
             mod = types.ModuleType(module)
             setattr(mod, name, f)
             monkeypatch.setitem(sys.modules, module, mod)

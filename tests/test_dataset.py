@@ -1,4 +1,4 @@
-"""The dataset schema of CONTRACT.md: round trip, attributes, lazy reading, validation, splits."""
+"""The dataset schema (docs/conventions.md): round trip, attributes, lazy reading, validation, splits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Filters G and restriction P (CONTRACT.md): transfer functions, G(0) = 1, sampling, Parseval."""
+"""Filters G and restriction P (docs/conventions.md): transfer functions, G(0) = 1, sampling, Parseval."""
 
 from __future__ import annotations
 

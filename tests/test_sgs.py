@@ -1,4 +1,4 @@
-"""The SGS identity of CONTRACT.md: d(P G w)/dt = R_les(P G w) + sgs.
+"""The SGS identity (docs/conventions.md): d(P G w)/dt = R_les(P G w) + sgs.
 
 1. Exactly (to roundoff): one ETDRK4 stepper advances a joint system (DNS, LES)
    in which the LES closure at each stage is the exact sgs of the concurrent DNS

@@ -1,4 +1,4 @@
-"""Filtered-DNS datasets: the netCDF schema of CONTRACT.md, writing, reading, validation.
+"""Filtered-DNS datasets: the netCDF schema (docs/conventions.md), writing, reading, validation.
 
 A dataset holds, for ``trajectory`` independent runs and ``time`` snapshots,
 

@@ -1,4 +1,4 @@
-"""The LES filter ``G`` and the restriction ``P`` to the LES grid (CONTRACT.md).
+"""The LES filter ``G`` and the restriction ``P`` to the LES grid (docs/conventions.md).
 
 - ``G`` acts by its transfer function on Fourier modes, with width
   ``D = width * length / n_les`` (``width`` in LES grid spacings) and ``k`` the

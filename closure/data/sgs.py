@@ -1,4 +1,4 @@
-"""The exact subgrid-scale (SGS) term (CONTRACT.md).
+"""The exact subgrid-scale (SGS) term (docs/conventions.md).
 
 With the DNS tendency ``R(w) = L w + N(w) + f`` and the LES tendency
 ``R_les(v) = L v + N_les(v) + P G f`` (its own 2/3 dealiasing included),

@@ -1,6 +1,6 @@
 """Streaming training data: (field, sgs) samples read block by block from a lazily opened dataset.
 
-The dataset (CONTRACT.md schema) is opened with dask and never loaded as a
+The dataset (docs/conventions.md schema) is opened with dask and never loaded as a
 whole. It is cut into *blocks*: one trajectory and a run of consecutive
 snapshots, aligned with the file's chunks along ``time`` (and capped at
 ``block_snapshots``). Only the blocks of the current *group* (``mix`` blocks)

@@ -2,7 +2,7 @@
 
 `dns_equation` builds the DNS equation of a config; `les_equation` the LES
 equation: the same physics at ``les.resolution`` with the filtered forcing
-``P G f`` (the dataset schema docs), so that linear terms and forcing commute with ``P G``;
+``P G f`` (docs/conventions.md), so that linear terms and forcing commute with ``P G``;
 `plain_equation` the DNS physics (unfiltered forcing ``f``) at any resolution.
 Seeds for per-trajectory random forcing are ``trajectory_seeds(config, ids)``.
 """

@@ -1,7 +1,7 @@
 """Classical subgrid-scale closures for the LES: eddy-viscosity baselines.
 
 A closure is a ``torch.nn.Module`` mapping a physical LES state to an extra
-tendency of the same shape (CONTRACT.md: ``d(field)/dt = R_les(field) + c(field)``):
+tendency of the same shape (docs/conventions.md: ``d(field)/dt = R_les(field) + c(field)``):
 1D Burgers velocity ``(batch, n)`` or 2D vorticity ``(batch, n, n)`` indexed
 ``[y, x]``. All are batched, differentiable and follow the device and dtype of
 the state they are given (the spectral operators are built on first use and

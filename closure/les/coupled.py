@@ -2,7 +2,7 @@
 
     run_les(config, model, data, output, name=None) -> Path
 
-- ``data``: a filtered-DNS dataset (CONTRACT.md schema). The LES physics
+- ``data``: a filtered-DNS dataset (docs/conventions.md schema). The LES physics
   (equation, viscosity, drag, forcing, LES resolution and filter, seed) is the
   dataset's own stored config; ``config`` supplies the ``run`` section (time,
   dt, integrator, constants), ``device`` and ``dtype``, and the train/test
