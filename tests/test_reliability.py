@@ -8,7 +8,10 @@ Commands are called in-process (`closure.cli.main`) where possible.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -83,11 +86,18 @@ def test_generate_refuses_a_dataset_of_another_config(cfg_file, tiny_dataset, tm
     status = main(["generate", str(cfg_file), "-o", str(out), "--set", "seed=7"])
     _one_line(status, capsys.readouterr().err, "d.nc", "another config", "seed", "--overwrite")
     assert out.read_bytes() == before
+    from closure import storage
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = storage.temp_name(out).name.replace(f"_{os.getpid()}.", f"_{dead.pid}.")
+    (tmp_path / stale).write_bytes(b"half a dataset")  # a kill during the final write
     status = main(["-q", "generate", str(cfg_file), "-o", str(out), "--set", "seed=7", "--set", "dns.samples=2",
                    "--set", "dns.trajectories=2", "--set", "dns.batch_size=2", "--overwrite"])
     assert status == 0, capsys.readouterr().err
     with xr.open_dataset(out) as ds:
         assert ds.sizes["trajectory"] == 2
+    assert not (tmp_path / stale).exists()
 
 
 # --------------------------------------------------------------------------- silently wrong

@@ -243,6 +243,7 @@ def generate(config: Config, output=None, *, scheduler: Optional[str] = None, wo
              f"scheduler {scheduler}" if scheduler is not None else layout.describe())
     parts_dir.mkdir(parents=True, exist_ok=True)
     storage.remove_stale_temps(parts_dir)  # part files half-written by a killed run
+    storage.remove_stale_temps(output)  # and its final merge
     start = _time.perf_counter()
     if todo:
         if scheduler is None and layout.in_process:
