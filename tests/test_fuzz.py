@@ -42,7 +42,8 @@ def _stop(*args, **kwargs):
 
 STUBS = [("closure.data.generation", "_run_in_process"), ("closure.data.generation", "_run_dask"),
          ("closure.training.trainer", "_train"), ("closure.training.unroll", "train_aposteriori"),
-         ("closure.les.coupled", "integrate"), ("closure.study.normalization", "sweep")]
+         ("closure.les.coupled", "integrate"), ("closure.study.normalization", "sweep"),
+         ("closure.training.calibrate", "calibrate")]
 
 
 def _leaves(d: dict, prefix: str = "") -> list[str]:
@@ -73,7 +74,8 @@ set_texts = st.one_of(
     st.tuples(st.sampled_from(KEYS), st.one_of(st.sampled_from(ODD), st.text(max_size=16),
                                                numbers.map(repr))).map("=".join),
     st.text(max_size=24))
-commands = st.sampled_from(["generate", "train", "les", "pipeline", "sweep"])
+COMMANDS = ["generate", "train", "calibrate", "les", "pipeline", "sweep"]
+commands = st.sampled_from(COMMANDS)
 
 
 def _set_path(raw: dict, key: str, value) -> None:
@@ -92,6 +94,7 @@ def _argv(command: str, cfg: Path, folder: Path, data: Path) -> list[str]:
     return {
         "generate": ["generate", str(cfg), "-o", str(out / "d.nc")],
         "train": ["train", str(cfg), "--data", str(data), "-o", str(out / "run")],
+        "calibrate": ["calibrate", str(cfg), "--data", str(data), "--model", "smagorinsky", "-o", str(out / "cal")],
         "les": ["les", str(cfg), "--model", "smagorinsky", "--data", str(data), "-o", str(out / "l.nc")],
         "pipeline": ["pipeline", str(cfg), "-o", str(out)],
         "sweep": ["sweep", str(cfg), "--data", str(data), "-o", str(out / "sweep")],
@@ -182,6 +185,6 @@ def test_the_stubs_are_reached(stubbed, tiny_dataset, tmp_path):
     cfg = tmp_path / "c.yaml"
     raw = tiny_config_dict()
     cfg.write_text(yaml.safe_dump(raw))
-    for command in ("generate", "train", "les", "pipeline", "sweep"):
+    for command in COMMANDS:
         with pytest.raises(Ran):
             main(["-q"] + _argv(command, cfg, tmp_path, tiny_dataset))
