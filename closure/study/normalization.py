@@ -24,9 +24,8 @@ stopping, no Adam (all of which ``train`` offers and which change the
 dynamics the theory describes), and a budget in the theory's time t = k / N_L.
 So each run here is a lean loop: the worker loads the (small) normalized
 training, validation and test fields once, draws ``sweep.batch_size`` points
-uniformly from all training points at every step (a generator seeded by the
-run's seed only, so all gammas and widths of a seed see the same sample
-stream), gathers their stencil patches and takes one SGD step on
+uniformly from all training points at every step (a generator seeded per
+cell, below), gathers their stencil patches and takes one SGD step on
 ``0.5 * mean (g(x) - y)^2`` in normalized units. The network is the
 ``StencilClosure`` of ``closure.nn`` (same patch order, same normalization
 buffers), so a trained run is a working closure (used by the optional
@@ -42,9 +41,23 @@ a-posteriori LES).
   the study's, and the rate with the lowest validation MSE is used for all
   that pair's runs: the fair control the papers lack (their gamma = 1/2 rates
   are orders of magnitude smaller than their gamma = 1 rates).
-- initialization: weights drawn from a generator seeded by (seed, width), the
-  same for every gamma (only the normalization differs), so gamma comparisons
-  use common random numbers.
+- seeds: every (gamma pair, width, seed) cell draws its own initial weights and
+  sample stream (``Run.init_seed``, ``Run.batch_seed``), so each law is measured
+  on independent samples; ``sweep.common_random_numbers`` seeds both by (seed,
+  width) and seed only, shared by every gamma (only the normalization differs).
+- probes: the across-seed variance is taken at ``sweep.probe_points`` test inputs
+  and at as many i.i.d. Gaussian inputs of standard deviation ``sweep.ood_scale``
+  (normalized units), outside the training distribution; ``sweep.curve_points``
+  records the validation MSE during training.
+
+``sweep.study: transfer`` runs the rate-transfer study instead
+(``closure.study.transfer``): for every parametrization of
+``sweep.parametrizations`` (gamma networks with their derived per-layer rates,
+``standard``, ``mup``; ``closure.study.parametrization``), optimizer of
+``sweep.optimizers`` and width, a bracketed search of the base rate with
+``sweep.seeds`` seeds per rate; ``sweep.nc`` then holds the best rate per
+width, its test error and validation curves, and the fitted slope of
+log(best rate) vs log N.
 
 Each run is one task on dask.distributed (a LocalCluster of ``workers``
 single-threaded processes by default, or ``scheduler=ADDRESS``). The client
