@@ -294,6 +294,10 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     mode: Literal["apriori", "aposteriori"] = "apriori"
+    # the seed of the weights' initialization and of the sample order (None: the top-level seed);
+    # the data and the train/validation/test split stay with the top-level seed
+    seed: Optional[int] = None
+    seeds: PositiveInt = 1  # models the pipeline trains, with training seeds seed, seed + 1, ...
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: PositiveFloat = 1.0
     epochs: PositiveInt = 20
@@ -434,6 +438,11 @@ class Config(Section):
     @property
     def source(self) -> Optional[str]:
         return self._source
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of a training run's initialization and sample order (``train.seed``, else ``seed``)."""
+        return self.seed if self.train.seed is None else self.train.seed
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":

@@ -6,7 +6,8 @@ Layout of ``out_dir``::
 
     config.yaml          the resolved config of the last pipeline run
     dataset.nc           closure.data.generation.generate(config, ...)
-    train/               closure.training.trainer.train(config, dataset, ...)  (only if run.models needs it)
+    train/               closure.training.trainer.train(config, dataset, ...)  (only if run.models needs it;
+                         with train.seeds: N > 1, one folder train/seed-S per training seed S)
     calibrate/<model>_calibrated/   closure.training.calibrate.calibrate(config, dataset, model, ...)
                          for every model in calibrate.models (classical constants fitted on the
                          validation trajectories; run as the LES model ``<model>_calibrated``)
@@ -55,7 +56,7 @@ from closure.errors import ClosureError
 log = logging.getLogger("closure.pipeline")
 
 __all__ = ["pipeline", "dataset_is_current", "training_is_current", "les_key", "dataset_made_elsewise",
-           "training_made_elsewise", "refuse_replacing"]
+           "training_made_elsewise", "refuse_replacing", "training_runs"]
 
 TRAIN_SECTIONS = ("seed", "dtype", "system", "initial", "dns", "les", "data", "model", "train")
 CALIBRATE_SECTIONS = ("seed", "dtype", "system", "initial", "dns", "les", "data", "train", "run", "calibrate")
@@ -243,6 +244,25 @@ def _les_is_current(path: Path, key: str) -> bool:
         return False
 
 
+def training_runs(config: Config, out_dir: Path) -> list:
+    """``(config, run directory, LES name, training seed)`` of each model ``learned`` stands for.
+
+    One model (``train.seeds: 1``): ``train/``, named ``learned``. Several: ``train/seed-S/``,
+    named ``learned-sS``, for the training seeds ``S = train.seed (or seed) + i``; each run's
+    config has its own ``train.seed`` (and ``train.seeds: 1``), so that it is the complete
+    description of that run.
+    """
+    n = config.train.seeds
+    if n == 1:
+        return [(config, out_dir / "train", "learned", config.training_seed)]
+    runs = []
+    for i in range(n):
+        seed = config.training_seed + i
+        seed_config = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed, "seeds": 1})})
+        runs.append((seed_config, out_dir / "train" / f"seed-{seed}", f"learned-s{seed}", seed))
+    return runs
+
+
 def _model_file_name(model: str) -> str:
     name = Path(model).name if not is_baseline(model) and model != "learned" else model
     return name.replace("+", "_plus_").replace(":", "_") + ".nc"
@@ -268,10 +288,11 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     for m in models:
         if m != "learned" and not is_baseline(m) and not Path(m).is_dir():
             raise ClosureError(f"run.models: {m!r} is neither a baseline, 'learned' nor a training run directory")
-    dataset, run_dir = out_dir / "dataset.nc", out_dir / "train"
+    dataset = out_dir / "dataset.nc"
     refuse_replacing(dataset, dataset_made_elsewise(config, dataset), overwrite)  # before anything is written
     if "learned" in models:
-        refuse_replacing(run_dir, training_made_elsewise(config, run_dir), overwrite)
+        for seed_config, run_dir, _, _ in training_runs(config, out_dir):
+            refuse_replacing(run_dir, training_made_elsewise(seed_config, run_dir), overwrite)
     storage.write_text(out_dir / "config.yaml", config_to_yaml(config))
     timings = {}
     start_all = _time.perf_counter()
@@ -289,14 +310,15 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
 
     # ------------------------------------------------------------------ 2. train
     start = _time.perf_counter()
-    if "learned" in models:
-        if training_is_current(config, run_dir, dataset):
+    trained = training_runs(config, out_dir) if "learned" in models else []
+    for seed_config, run_dir, _, _ in trained:
+        if training_is_current(seed_config, run_dir, dataset):
             _say("pipeline: trained model %s is up to date, skipping training", run_dir / "model.pt")
         else:
             from closure.training.trainer import train
 
             with storage.output_lock(run_dir):
-                resume = _checkpoint_resumable(config, run_dir, dataset)
+                resume = _checkpoint_resumable(seed_config, run_dir, dataset)
                 if resume:
                     _say("pipeline: [2/4] train -> %s (resuming from its checkpoint)", run_dir)
                 else:
@@ -304,7 +326,7 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
                     for stale in ("model.pt", "checkpoint.pt"):
                         (run_dir / stale).unlink(missing_ok=True)
                 (run_dir / "model.pt").unlink(missing_ok=True)
-                train(config, dataset, run_dir, resume=resume)
+                train(seed_config, dataset, run_dir, resume=resume)
     timings["train"] = _time.perf_counter() - start
 
     # ------------------------------------------------------------------ 2b. calibrate
@@ -325,18 +347,23 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     les_dir = out_dir / "les"
     outputs = []
     start = _time.perf_counter()
+    jobs = []  # (name, model argument, model dir, extra attributes, label of a trained model)
     for m in models:
-        model_arg = str(run_dir) if m == "learned" else m
-        model_dir = Path(model_arg) if not is_baseline(m) else None
+        if m == "learned":
+            for _, run_dir, name, seed in trained:
+                group = {"seed_group": "learned", "train_seed": seed} if len(trained) > 1 else {}
+                jobs.append((name, str(run_dir), run_dir, group, name))
+        else:
+            jobs.append((m, m, Path(m) if not is_baseline(m) else None, {}, None))
+    for m, model_arg, model_dir, group, name in jobs:
         output = les_dir / _model_file_name(m)
         key = les_key(config, m, dataset, model_dir)
         if _les_is_current(output, key):
             _say("pipeline: LES %s is up to date, skipping", output)
         else:
             _say("pipeline: [3/4] les %s -> %s", m, output)
-            name = "learned" if m == "learned" else None
             with storage.output_lock(output):
-                run_les(config, model_arg, dataset, output, name=name, extra_attrs={"pipeline_key": key})
+                run_les(config, model_arg, dataset, output, name=name, extra_attrs=dict(group, pipeline_key=key))
         outputs.append(output)
     timings["les"] = _time.perf_counter() - start
 
@@ -349,7 +376,8 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
             _say("pipeline: ladder %s is up to date, skipping", output)
         else:
             _say("pipeline: [3/4] ladder %s -> %s", m, output)
-            run_plain(config, m, dataset, output, extra_attrs={"pipeline_key": key})
+            with storage.output_lock(output):
+                run_plain(config, m, dataset, output, extra_attrs={"pipeline_key": key})
         outputs.append(output)
     timings["ladder"] = _time.perf_counter() - start
 

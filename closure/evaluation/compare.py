@@ -66,6 +66,7 @@ import xarray as xr
 from closure.data import dataset as ds_io
 from closure.evaluation import front as F
 from closure.evaluation import metrics as M
+from closure.evaluation import spread
 from closure import storage
 from closure.equations import equation_spec
 from closure.errors import ClosureError
@@ -327,6 +328,9 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
             "correlation": m["correlation"],
             "file": str(path),
         }
+        if ds.attrs.get("seed_group"):
+            results[name]["seed_group"] = str(ds.attrs["seed_group"])
+            results[name]["train_seed"] = _int_or_none(ds.attrs.get("train_seed"))
         if "ladder_resolution" in ds.attrs:
             results[name]["ladder"] = {"resolution": int(ds.attrs["ladder_resolution"]),
                                        "factor": float(ds.attrs["ladder_factor"]),
@@ -359,6 +363,7 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
             "decorrelation_time": M.similarity(lost(r, extras[name]), lost(base, extras["none"])),
         }
 
+    results = spread.aggregate(results)
     standing(results)
     report_dir.mkdir(parents=True, exist_ok=True)
     reference_info = {
@@ -400,13 +405,19 @@ def standing(results: dict) -> None:
     Each model (every run that is not a ladder rung) gets ``front``: for each ladder start, the
     `closure.evaluation.front.verdict` against that start's rungs and the other models; and
     ``dominated_by``: every run that dominates it against either ladder (empty: on the front).
+    The models are the baselines, single runs and the seed groups' means (`closure.evaluation.spread`);
+    a seed of a group is judged on its own against the ladder and the models other than its group.
     """
-    models = {n: r for n, r in results.items() if "ladder" not in r}
+    models = {n: r for n, r in results.items() if "ladder" not in r and "seed_of" not in r}
     starts = sorted({r["ladder"]["start"] for r in ladder_runs(results).values()}, key=_start_order)
-    for name, r in models.items():
-        r["front"] = {s: F.verdict(name, models, ladder_runs(results, s)) for s in starts}
+    for name, r in results.items():
+        if "ladder" in r:
+            continue
+        rivals = models if "seed_of" not in r else {n: m for n, m in models.items() if n != r["seed_of"]}
+        rivals = dict(rivals, **{name: r})
+        r["front"] = {s: F.verdict(name, rivals, ladder_runs(results, s)) for s in starts}
         if not starts:
-            r["front"] = {"none": F.verdict(name, models, {})}
+            r["front"] = {"none": F.verdict(name, rivals, {})}
         by = [n for v in r["front"].values() for n in v["dominated_by"]]
         r["dominated_by"] = sorted(set(by), key=lambda n: F.value(results[n], F.COST))
 

@@ -208,6 +208,19 @@ def _models(results: dict) -> dict:
     return {n: r for n, r in results.items() if "ladder" not in r}
 
 
+def _front_models(results: dict) -> dict:
+    """The models judged on the front: baselines, single runs and seed groups (not their seeds)."""
+    return {n: r for n, r in results.items() if "ladder" not in r and "seed_of" not in r}
+
+
+def _cell(r: dict, key: str) -> str:
+    """A metric, as ``mean ± std (min..max)`` for a seed group."""
+    spread = (r.get("spread") or {}).get(key)
+    if spread is None:
+        return _fmt(r.get(key))
+    return f"{_fmt(r.get(key))} ± {_fmt(spread['std'], 2)}"
+
+
 def _starts(results: dict) -> list:
     starts = {r["ladder"]["start"] for r in _ladder_rungs(results).values()}
     return sorted(starts, key=lambda s: (s != "dns", s))
@@ -226,15 +239,19 @@ def table(results: dict) -> str:
         sim = r.get("similarity") or {}
         sims = " / ".join(_fmt(sim.get(k)) for k in ("spectrum_error", "pdf_distance", "decorrelation_time")) \
             if sim else "-"
-        censored = r.get("decorrelation_censored", 0)
-        dec = _fmt(r["decorrelation_time"]) + (f" ({censored} never)" if censored else "")
-        spec = (f"{_fmt(r['spectrum_error'])} ({_fmt(r.get('spectrum_error_low_k'))} / "
-                f"{_fmt(r.get('spectrum_error_high_k'))})")
+        censored = r.get("decorrelation_censored", 0) if "members" not in r else 0
+        dec = _cell(r, "decorrelation_time") + (f" ({censored} never)" if censored else "")
+        spec = (f"{_cell(r, 'spectrum_error')} ({_cell(r, 'spectrum_error_low_k')} / "
+                f"{_cell(r, 'spectrum_error_high_k')})")
         label = name
         if "ladder" in r:
             label = f"{name} ({_START_WORDS.get(r['ladder']['start'], r['ladder']['start'])})"
-        lines.append(f"| {label} | {_fmt(r.get('les_seconds_per_model_time'))} | {spec} | "
-                     f"{_fmt(r['pdf_distance'])} | {dec} | {r['blowups']} | {sims} | {_fmt(r['cost_ratio'])} |")
+        elif "members" in r:
+            label = f"**{name}** (mean ± std of {len(r['members'])} seeds)"
+        elif "seed_of" in r:
+            label = f"&nbsp;&nbsp;{name} (seed {r.get('train_seed')})"
+        lines.append(f"| {label} | {_cell(r, 'les_seconds_per_model_time')} | {spec} | "
+                     f"{_cell(r, 'pdf_distance')} | {dec} | {r['blowups']} | {sims} | {_fmt(r.get('cost_ratio'))} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -258,12 +275,18 @@ def verdict_line(name: str, r: dict, results: dict) -> str:
             text = "dominated by " + ", ".join(by[:3]) + (f" and {len(by) - 3} more" if len(by) > 3 else "")
         parts.append(f"{text} {where}")
     cost = _fmt(r.get("les_seconds_per_model_time"))
-    return f"{name} ({cost} s / model time): " + "; ".join(parts)
+    line = f"{name} ({cost} s / model time): " + "; ".join(parts)
+    members = [results[m] for m in r.get("members", []) if m in results]
+    if members:
+        on = [sum(1 for m in members if (m.get("front") or {}).get(start, {}).get("on_front"))
+              for start in (r.get("front") or {})]
+        line += f" [{len(members)} seeds; on the front: " + " / ".join(f"{k} of {len(members)}" for k in on) + "]"
+    return line
 
 
 def verdict_lines(results: dict) -> list:
     """`verdict_line` of every model (not the ladder rungs) of a metrics mapping."""
-    return [verdict_line(n, r, results) for n, r in _models(results).items() if isinstance(r, dict)]
+    return [verdict_line(n, r, results) for n, r in _front_models(results).items() if isinstance(r, dict)]
 
 
 def front_table(results: dict) -> str:
@@ -271,7 +294,7 @@ def front_table(results: dict) -> str:
     head = ("| model | ladder | s / model time | " + " | ".join(f"as good on {label}" for _, label in FRONT_METRICS)
             + " | verdict |\n|" + "---|" * (4 + len(FRONT_METRICS)) + "\n")
     lines = []
-    for name, r in _models(results).items():
+    for name, r in _front_models(results).items():
         for start, v in (r.get("front") or {}).items():
             cells = [_rung_cell(v["as_good"].get(m), results) for m, _ in FRONT_METRICS]
             if v.get("blew_up"):
@@ -327,9 +350,19 @@ def _front_figure(path, results, colors):
             xv, yv = r.get("les_seconds_per_model_time"), r.get(metric)
             if xv is None or yv is None or not (math.isfinite(xv) and math.isfinite(yv)):
                 continue
-            ax.plot([xv], [yv], ls="none", marker="D" if r.get("blowups") else "o", ms=7, color=colors[name],
-                    label=name + (" (blew up)" if r.get("blowups") else ""))
+            if "seed_of" in r:  # a seed of a group: small and faded, in the group's colour
+                ax.plot([xv], [yv], ls="none", marker="o", ms=4, alpha=0.5, color=colors[r["seed_of"]])
+                continue
+            spread = (r.get("spread") or {}).get(metric)
+            label = name + (f" (mean ± std, {len(r['members'])} seeds)" if "members" in r else "") \
+                + (" (blew up)" if r.get("blowups") else "")
+            ax.errorbar([xv], [yv], yerr=None if spread is None else [[spread["std"]], [spread["std"]]],
+                        ls="none", marker="D" if r.get("blowups") else "o", ms=7, color=colors[name], capsize=3,
+                        label=label)
         ax.set_xscale("log")
+        if metric != "decorrelation_time":
+            ax.set_yscale("log")
+        _plain_log_ticks(ax)
         ax.set_xlabel("wall seconds per unit model time")
         ax.set_ylabel(label + (" (higher is better)" if metric == "decorrelation_time" else " (lower is better)"))
         ax.grid(True, which="both", alpha=0.2)
@@ -339,6 +372,17 @@ def _front_figure(path, results, colors):
     fig.tight_layout()
     storage.save_figure(fig, path, dpi=150)
     plt.close(fig)
+
+
+def _plain_log_ticks(ax):
+    """Log axes labelled with plain numbers at the major ticks only (minor labels overlap)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale == "log":
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(NullFormatter())
 
 
 def _blowup_text(results: dict) -> list:
@@ -366,7 +410,8 @@ def write_report(report_dir, results, extras, reference, edges, attrs, ndim, len
     """Write the figures and ``report.md``; return the report's path."""
     report_dir = Path(report_dir)
     colors = _colors(list(results))
-    shown = _models(results) or results  # the ladder has its own figure
+    # the ladder has its own figure; a seed group's mean has no fields (its seeds are shown)
+    shown = {n: r for n, r in (_models(results) or results).items() if n in extras}
     _spectra(report_dir / "spectra.png", shown, extras, reference, colors, ndim)
     _pdf(report_dir / "pdf.png", shown, extras, reference, edges, colors, ndim)
     _series(report_dir / "series.png", shown, reference, colors, ndim)
@@ -426,7 +471,7 @@ def write_report(report_dir, results, extras, reference, edges, attrs, ndim, len
             "Verdicts:",
             "",
         ]
-        lines += [f"- {verdict_line(n, r, results)}" for n, r in _models(results).items()]
+        lines += [f"- {line}" for line in verdict_lines(results)]
         lines += ["", f"![front]({FRONT_FIGURE})", ""]
     lines += [
         "## Spectra",

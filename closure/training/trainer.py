@@ -20,8 +20,10 @@ Steps:
    ``resume=True`` continues a killed run to bitwise the same weights (CPU);
 4. write ``model.pt`` (best validation weights, ``closure.nn.save_model``),
    ``config.yaml``, ``splits.json``, ``history.csv``, ``training_curve.png``
-   and ``metrics.json`` with the a-priori test metrics against the exact SGS
-   term and the classical closures (``closure.training.apriori``).
+   and ``metrics.json`` with the a-priori metrics against the exact SGS
+   term and the classical closures (``closure.training.apriori``) on the
+   validation split: nothing in training reads the test split, which is read
+   once, by the final a-posteriori evaluation.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains with
 DistributedDataParallel (nccl on GPUs, gloo on CPUs); each rank reads its
@@ -62,7 +64,7 @@ __all__ = ["train", "made_for_run", "check_dataset", "learning_rate_factor", "la
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "closure.training.trainer/1"
 VALIDATION_POINTS = 1 << 17  # points of the validation split used per epoch (every k-th snapshot)
-TEST_POINTS = 1 << 21  # cap on the points of the test split used for the a-priori metrics
+TEST_POINTS = 1 << 21  # cap on the points of the (validation) split used for the a-priori metrics
 
 
 class TrainingInterrupted(Exception):
@@ -331,7 +333,7 @@ def train(config, data, run_dir: Union[str, os.PathLike, None] = None, *, resume
         init: a run directory or model file whose weights (and normalization) start the training.
         callback: called with each epoch's history row after its checkpoint (raise to stop).
         block_snapshots, mix: streaming block size cap and blocks held at once (closure.data.streaming).
-        apriori: compute the a-priori test metrics at the end.
+        apriori: compute the a-priori metrics on the validation split at the end.
     """
     config = _as_config(config)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
@@ -433,7 +435,7 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
         _write_text(run_dir / "config.yaml", config_yaml)
 
     # model and normalization ---------------------------------------------------------------
-    _seed_everything(config.seed)
+    _seed_everything(config.training_seed)
     if init is not None and checkpoint is None:
         model = _load_init(init, device, dtype, purpose)
     else:
@@ -463,7 +465,7 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
 
     mode = "points" if is_point_model(model) else "fields"
     stream = SampleStream(ds, train_blocks, model, batch_size=tc.batch_size, samples=tc.samples_per_epoch,
-                          seed=config.seed, mix=mix, rank=rank, world_size=world, mode=mode,
+                          seed=config.training_seed, mix=mix, rank=rank, world_size=world, mode=mode,
                           augment=config.model.symmetry == "augment", dtype=dtype)
     objective = _Objective(model, mode)
     if world > 1:
@@ -604,17 +606,19 @@ def _finish(config, ds, run_dir, model, state, splits, splits_doc, data_source, 
         "normalization": state.get("normalization"),
         "splits": {k: v for k, v in splits.items()},
     }
-    if apriori and splits["test"]:
+    if apriori and splits["validation"]:
+        # on the validation split: the test split is read once, by the final (a-posteriori) evaluation
         from closure.training.apriori import baseline_closures, evaluate
 
         closures = {"learned": model}
         closures.update(baseline_closures(config))
-        metrics["apriori"] = evaluate(ds, splits["test"], closures, config, max_points=TEST_POINTS,
+        metrics["apriori"] = evaluate(ds, splits["validation"], closures, config, max_points=TEST_POINTS,
                                       progress_enabled=progress_enabled)
+        metrics["apriori"]["split"] = "validation"
         summary = {name: {k: metrics["apriori"][name][k] for k in ("correlation", "r2", "relative_l2")}
                    for name in closures}
         metrics["apriori_summary"] = summary
-        log.info("a-priori test metrics: %s", json.dumps(summary))
+        log.info("a-priori validation metrics: %s", json.dumps(summary))
     extra = {
         "config": config_to_yaml(config),
         "equation": config.system.equation,

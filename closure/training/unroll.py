@@ -228,7 +228,7 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
     _write_text(run_dir / "splits.json", json.dumps(splits_doc, indent=2) + "\n")
     _write_text(run_dir / "config.yaml", config_to_yaml(config))
 
-    _seed_everything(config.seed)
+    _seed_everything(config.training_seed)
     if init is not None:
         model = _load_init(init, device, dtype, made_for_run(config, ds))
     else:
@@ -244,7 +244,7 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
     steps_per_epoch = max(1, tc.windows_per_epoch // tc.unroll_batch)
     total = steps_per_epoch * tc.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(tc.schedule, s, total))
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.training_seed)
     cache: dict = {}
     max_samples = min(curriculum(10 ** 6, tc.unroll_steps, tc.unroll_max_steps, per_sample), n_snap - 1)
     val_windows = _fixed_windows(n_snap, max_samples, splits["validation"] or splits["train"])
