@@ -354,11 +354,11 @@ def _front_figure(path, results, colors):
                 ax.plot([xv], [yv], ls="none", marker="o", ms=4, alpha=0.5, color=colors[r["seed_of"]])
                 continue
             spread = (r.get("spread") or {}).get(metric)
-            label = name + (f" (mean ± std, {len(r['members'])} seeds)" if "members" in r else "") \
+            legend = name + (f" (mean ± std, {len(r['members'])} seeds)" if "members" in r else "") \
                 + (" (blew up)" if r.get("blowups") else "")
             ax.errorbar([xv], [yv], yerr=None if spread is None else [[spread["std"]], [spread["std"]]],
                         ls="none", marker="D" if r.get("blowups") else "o", ms=7, color=colors[name], capsize=3,
-                        label=label)
+                        label=legend)
         ax.set_xscale("log")
         if metric != "decorrelation_time":
             ax.set_yscale("log")
