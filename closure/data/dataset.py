@@ -9,8 +9,9 @@ A dataset holds, for ``trajectory`` independent runs and ``time`` snapshots,
                 (the first: since the initial condition)  (trajectory, time); with
                 ``dns.dt: auto`` they follow the flow's velocity (CFL)
     omega_dns_t0 | u_dns_t0   the DNS field w at each trajectory's first snapshot
-                (trajectory, [y_dns,] x_dns), always stored (1D and 2D): the initial state
-                of the plain-solver resolution ladder (`closure.les.ladder`)
+                (trajectory, [[z_dns,] y_dns,] x_dns; in 3D u_dns_t0, v_dns_t0, w_dns_t0),
+                always stored: the initial state of the plain-solver resolution ladder
+                (`closure.les.ladder`)
 
 In 3D (``navier_stokes_3d``) the field is the filtered velocity, stored as the
 variables ``u``, ``v``, ``w`` (its x, y, z components), the SGS term as ``sgs_u``,
