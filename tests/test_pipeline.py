@@ -20,6 +20,10 @@ def test_pipeline_end_to_end_and_resume(tiny_config, tmp_path):
     tiny_config["run"]["models"] = ["none", "smagorinsky", "learned"]
     tiny_config["run"]["ladder"] = [1, 2]
     tiny_config["data"]["keep_dns"] = False
+    # a closure trained on the exact SGS that learns it (a-priori correlation ~0.6: most of this coarse
+    # case's SGS term is the advection the 2/3 rule discards, given to the network as a feature)
+    tiny_config["model"]["features"] = ["dealias_residual"]
+    tiny_config["train"].update(epochs=6, samples_per_epoch=4096, optimizer="adam", lr=3e-2)
     config = config_from_dict(tiny_config)
     out = tmp_path / "exp"
     report = pipeline(config, out)
@@ -35,6 +39,10 @@ def test_pipeline_end_to_end_and_resume(tiny_config, tmp_path):
                 "decorrelation_time", "blowups", "similarity", "les_seconds_per_model_time"} <= set(m)
         assert m["les_seconds_per_model_time"] > 0
     assert metrics["plain@32"]["ladder"] == {"resolution": 32, "factor": 2.0, "start": "dns"}
+    # quantitative: the learned closure beats the plain LES a-posteriori (measured 0.027 vs 0.032 and
+    # 0.081 vs 0.102 when written)
+    assert metrics["learned"]["spectrum_error"] < 0.95 * metrics["none"]["spectrum_error"], metrics
+    assert metrics["learned"]["pdf_distance"] < metrics["none"]["pdf_distance"], metrics
     for name in ("none", "smagorinsky", "learned"):
         assert isinstance(metrics[name]["dominated_by"], list)
         assert set(metrics[name]["front"]) == {"dns", "filtered"}
