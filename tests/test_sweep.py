@@ -44,6 +44,10 @@ def test_fit_power_law_recovers_a_known_slope():
     assert np.median([f[2] for f in fits]) == pytest.approx(slopes.std(), rel=0.35)
 
 
+def test_fit_power_law_of_a_constant_is_exact():
+    assert fit_power_law([32, 64, 128], [0.02, 0.02, 0.02]) == (0.0, pytest.approx(math.log(0.02)), 0.0)
+
+
 def test_fit_power_law_skips_bad_points():
     widths = [8, 16, 32, 64]
     slope, _, _ = fit_power_law(widths, [8.0 ** -1, float("nan"), 32.0 ** -1, 0.0])

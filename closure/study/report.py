@@ -292,15 +292,17 @@ def plot_transfer(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]
     with quiet_nan():
         fig, axes = _grid(plt, 1, len(opts), 4.6, 3.6)
         for ax, opt in zip(axes[0], opts):
-            for name in names:
+            for n, name in enumerate(names):
+                shift = 1.0 + 0.03 * (n - (len(names) - 1) / 2)  # side by side: equal rates do not hide each other
                 best = ds["best_lr"].sel(parametrization=name, optimizer=opt).values
                 ok = ds["bracketed"].sel(parametrization=name, optimizer=opt).values.astype(bool)
                 rel = best / best[0]
                 s = float(ds["best_lr_slope"].sel(parametrization=name, optimizer=opt))
                 e = float(ds["best_lr_slope_stderr"].sel(parametrization=name, optimizer=opt))
-                line = ax.errorbar(widths, rel, yerr=[rel - rel / ratio ** 0.5, rel * ratio ** 0.5 - rel], marker="o",
-                                   ms=4, capsize=2, label=f"{name}: slope {_num(s, '+.2f')} ± {_num(e, '.2f')}")
-                ax.plot(widths[~ok], rel[~ok], "o", ms=9, mfc="none", color=line[0].get_color())
+                line = ax.errorbar(widths * shift, rel, yerr=[rel - rel / ratio ** 0.5, rel * ratio ** 0.5 - rel],
+                                   marker="o", ms=4, capsize=2,
+                                   label=f"{name}: slope {_num(s, '+.2f')} ± {_num(e, '.2f')}")
+                ax.plot(widths[~ok] * shift, rel[~ok], "o", ms=9, mfc="none", color=line[0].get_color())
             ax.set_xscale("log")
             ax.set_yscale("log", base=2)
             _width_ticks(ax, widths)

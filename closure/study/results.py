@@ -38,6 +38,8 @@ def fit_power_law(widths: Sequence[float], values: Sequence[float]) -> tuple[flo
     x, y = np.log(w[ok]), np.log(v[ok])
     if x.size < 2 or np.ptp(x) == 0:
         return float("nan"), float("nan"), float("nan")
+    if np.ptp(y) == 0:  # constant values: linregress's correlation is 0/0, the fit itself is exact
+        return 0.0, float(y[0]), 0.0 if x.size >= 3 else float("nan")
     fit = linregress(x, y)
     stderr = float(fit.stderr) if x.size >= 3 else float("nan")
     return float(fit.slope), float(fit.intercept), stderr
