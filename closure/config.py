@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -54,10 +54,11 @@ class Section(BaseModel):
 
 # --------------------------------------------------------------------------- system
 # Each forcing section builds its solver forcing: ``build(seeds)`` (seeds: one per
-# trajectory, used by random forcings only); ``check_resolution(n)`` raises ValueError
-# when an n-point grid does not resolve it.
+# trajectory, used by random forcings only, marked ``per_trajectory``); ``check_resolution(n)``
+# raises ValueError when an n-point grid does not resolve it.
 class NoForcing(Section):
     type: Literal["none"] = "none"
+    per_trajectory: ClassVar[bool] = False  # a random forcing drawn per trajectory (needs seeds)
 
     def check_resolution(self, n: int) -> None:
         return None
@@ -70,6 +71,7 @@ class KolmogorovForcing(Section):
     """Velocity forcing (A sin(k y), 0): vorticity forcing -A k cos(k y) (Kochkov et al. 2021)."""
 
     type: Literal["kolmogorov"] = "kolmogorov"
+    per_trajectory: ClassVar[bool] = False
     wavenumber: PositiveInt = 4
     amplitude: float = 1.0
 
@@ -85,6 +87,7 @@ class GuanForcing(Section):
     """Vorticity forcing -A k_f (cos k_f x + cos k_f y) (Guan et al. 2022, py2d)."""
 
     type: Literal["guan"] = "guan"
+    per_trajectory: ClassVar[bool] = False
     wavenumber: PositiveInt = 4
     amplitude: float = 1.0
 
@@ -100,6 +103,7 @@ class StochasticBurgersForcing(Section):
     """Subel et al. (2021): random amplitudes and phases of modes 1..modes, redrawn every `interval`."""
 
     type: Literal["stochastic"] = "stochastic"
+    per_trajectory: ClassVar[bool] = True
     amplitude: float = math.sqrt(2.0) * 1e-2
     modes: PositiveInt = 3
     interval: PositiveFloat = 0.2
@@ -122,6 +126,7 @@ class LinearForcingConfig(Section):
     """
 
     type: Literal["linear"] = "linear"
+    per_trajectory: ClassVar[bool] = False
     coefficient: PositiveFloat = 0.1
     wavenumber: Optional[PositiveFloat] = 2.0
 
@@ -138,6 +143,7 @@ class BandForcingConfig(Section):
     """3D: a steady solenoidal forcing on the shell low <= |m| <= high with random phases, rms `amplitude`."""
 
     type: Literal["band"] = "band"
+    per_trajectory: ClassVar[bool] = False
     low: PositiveFloat = 1.0
     high: PositiveFloat = 2.0
     amplitude: float = 1.0

@@ -64,3 +64,27 @@ def test_history_records_unroll_length_and_skipped_windows(tmp_path, tiny_config
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert [int(r["unroll_steps"]) for r in rows] == [5, 10]
     assert all(int(r["skipped_windows"]) == 0 for r in rows)
+
+
+def test_aposteriori_shares_the_apriori_normalization_and_optimizer(tmp_path, tiny_config, tiny_dataset,
+                                                                    monkeypatch):
+    """With derived features the input normalization is per channel, as in a-priori training, and
+    the optimizer carries train.weight_decay."""
+    import closure.training.unroll as unroll
+    from closure.data.streaming import closure_core
+
+    tiny_config["model"]["features"] = ["gradient"]
+    tiny_config["train"].update({"epochs": 1, "weight_decay": 0.25})
+    apriori = train(config_from_dict(tiny_config), tiny_dataset, tmp_path / "apriori", progress_enabled=False,
+                    apriori=False)
+    tiny_config["train"].update({"mode": "aposteriori", "unroll_steps": 5, "unroll_max_steps": 5,
+                                 "unroll_batch": 1, "windows_per_epoch": 1})
+    seen = []
+    step = unroll.optimizer_step
+    monkeypatch.setattr(unroll, "optimizer_step", lambda loss, model, opt, *a: (seen.append(opt), step(loss, model, opt, *a)))
+    post = train_aposteriori(config_from_dict(tiny_config), tiny_dataset, tmp_path / "post", progress_enabled=False)
+    a, b = closure_core(load_model(apriori / "model.pt")), closure_core(load_model(post / "model.pt"))
+    assert a.input_mean.numel() == 3  # the field and its two gradient components
+    for buffer in ("input_mean", "input_std", "output_mean", "output_std"):
+        assert torch.equal(getattr(a, buffer), getattr(b, buffer)), buffer
+    assert seen and all(g["weight_decay"] == 0.25 for g in seen[0].param_groups)

@@ -80,7 +80,7 @@ def calibrate(config: Config, data, model: str, run_dir: Optional[Union[str, Pat
     from closure.data.streaming import field_variable
     from closure.data.system import les_equation
     from closure.progress import progress
-    from closure.training.trainer import _as_config, _open, check_dataset
+    from closure.training.runs import as_config as _as_config, check_dataset, open_data as _open
 
     config = _as_config(config)
     if model not in POWERS:

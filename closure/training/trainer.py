@@ -30,18 +30,17 @@ DistributedDataParallel (nccl on GPUs, gloo on CPUs); each rank reads its
 share of the blocks and computes its part of every global batch, so the
 updates are those of a single process (see closure.data.streaming).
 
-Schedules (per optimizer step s of S in total, multiplying every group's rate):
-constant 1; cosine ``(1 + cos(pi s / S)) / 2``; step ``0.1`` after half and
-``0.01`` after three quarters of the steps.
+The run directory, the optimizer and its schedules, checkpoints and the final
+files are those of `closure.training.runs`; ``train.mode: aposteriori`` trains
+through the solver instead (`closure.training.unroll`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import random
+import socket
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -49,113 +48,30 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from closure.config import (Config, config_from_dict, config_from_yaml, config_to_yaml, first_difference,
-                            load_config, resolve_device, resolve_dtype)
-from closure import storage
+from closure.config import Config, config_from_yaml, config_to_yaml, resolve_device, resolve_dtype
+from closure.data.streaming import (Prefetcher, SampleStream, closure_core, field_variable, is_point_model,
+                                    load_block, plan_blocks)
 from closure.errors import ClosureError
+from closure.nn import build_model
 from closure.progress import log, progress
-from closure.data.streaming import (Prefetcher, SampleStream, channel_statistics, closure_core, dataset_statistics,
-                               field_variable, is_point_model, load_block, plan_blocks)
+from closure.training.runs import (CHECKPOINT, as_config, check_dataset, default_run_dir, finish, fit_normalization,
+                                   learning_rate_factor, load_init, made_for_run, make_optimizer, open_data,
+                                   optimizer_step, read_checkpoint, save_checkpoint, seed_everything, set_rng_state,
+                                   trajectory_splits, write_history, write_run_start)
+from closure.training.unroll import train_aposteriori
 
 __all__ = ["train", "made_for_run", "check_dataset", "learning_rate_factor", "launch_local", "TrainingInterrupted"]
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = "closure.training.trainer/1"
 VALIDATION_POINTS = 1 << 17  # points of the validation split used per epoch (every k-th snapshot)
-TEST_POINTS = 1 << 21  # cap on the points of the (validation) split used for the a-priori metrics
 
 
 class TrainingInterrupted(Exception):
     """Raised by a callback to stop training after a checkpoint (used by tests to emulate a kill)."""
-
-
-# --------------------------------------------------------------------------- config / data
-def _as_config(config) -> Config:
-    if isinstance(config, Config):
-        return config
-    if isinstance(config, (str, os.PathLike)):
-        return load_config(config)
-    if isinstance(config, dict):
-        return config_from_dict(config)
-    raise TypeError(f"config must be a Config, a mapping or a path, got {type(config).__name__}")
-
-
-def _open(data):
-    import xarray as xr
-
-    from closure.data.dataset import open_dataset
-
-    if isinstance(data, xr.Dataset):
-        from closure.data.dataset import validate
-
-        return validate(data, data.encoding.get("source", "dataset"))
-    return open_dataset(data)
-
-
-def check_dataset(config: Config, ds) -> None:
-    """Raise ClosureError if the dataset does not fit the config (equation, domain, LES grid)."""
-    source = ds.encoding.get("source", "dataset")
-    eq = ds.attrs.get("equation")
-    if eq != config.system.equation:
-        raise ClosureError(f"{source}: dataset equation {eq!r} differs from system.equation={config.system.equation!r}")
-    n = int(ds.attrs.get("les_resolution", ds.sizes["x"]))
-    if n != config.les.resolution:
-        raise ClosureError(f"{source}: dataset les_resolution={n} differs from les.resolution={config.les.resolution}")
-    length = float(ds.attrs.get("length", config.system.length))
-    if not math.isclose(length, config.system.length, rel_tol=1e-9):
-        raise ClosureError(f"{source}: dataset length={length} differs from system.length={config.system.length}")
-    for key in ("viscosity", "drag"):
-        if key in ds.attrs and not math.isclose(float(ds.attrs[key]), getattr(config.system, key),
-                                                rel_tol=1e-9, abs_tol=1e-15):
-            raise ClosureError(f"{source}: dataset {key}={float(ds.attrs[key])} differs from "
-                               f"system.{key}={getattr(config.system, key)}")
-    if "forcing" in ds.attrs:
-        mine = config.system.forcing.model_dump(mode="json")
-        try:
-            theirs = json.loads(ds.attrs["forcing"])
-        except (TypeError, ValueError):
-            theirs = None
-        if isinstance(theirs, dict) and theirs != mine:
-            raise ClosureError(f"{source}: dataset forcing {ds.attrs['forcing']} differs from system.forcing={mine}")
-    if "filter" in ds.attrs:
-        try:
-            flt = json.loads(ds.attrs["filter"])
-        except (TypeError, ValueError):
-            flt = None
-        cf = config.les.filter
-        if isinstance(flt, dict) and (flt.get("type") != cf.type or
-                                      not math.isclose(float(flt.get("width", cf.width)), cf.width, rel_tol=1e-9)):
-            raise ClosureError(f"{source}: dataset filter {flt.get('type')} (width {flt.get('width')}) differs from "
-                               f"les.filter={cf.type} (width {cf.width})")
-    if ds.sizes.get("trajectory", 0) < 2:
-        raise ClosureError(f"{source}: needs at least 2 trajectories to split into train and test, "
-                           f"has {ds.sizes.get('trajectory', 0)}")
-    if config.model.type == "mlp" and config.model.stencil > n:
-        raise ClosureError(f"model.stencil={config.model.stencil} exceeds the LES grid ({n} points)")
-
-
-def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, grad_clip: Optional[float]) -> None:
-    """Backpropagate ``loss``, clip the gradient norm (if set), step the optimizer and the schedule."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
-
-
-def learning_rate_factor(schedule: str, step: int, total: int) -> float:
-    """The schedule's multiplier at optimizer step ``step`` of ``total`` (module docstring)."""
-    frac = min(step / max(total, 1), 1.0)
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * frac))
-    if schedule == "step":
-        return 1.0 if frac < 0.5 else (0.1 if frac < 0.75 else 0.01)
-    raise ClosureError(f"train.schedule={schedule!r} is not one of constant, cosine, step")
 
 
 # --------------------------------------------------------------------------- distributed
@@ -167,8 +83,6 @@ def _dist_env() -> tuple[int, int, int]:
 @contextmanager
 def _distributed(device_name: str):
     """Initialise torch.distributed when launched by torchrun with several processes."""
-    import torch.distributed as dist
-
     rank, world, local = _dist_env()
     if world <= 1:
         yield 0, 1, resolve_device(device_name)
@@ -191,8 +105,6 @@ def _distributed(device_name: str):
 def _all_reduce(values: Sequence[float], world: int, device) -> list[float]:
     if world <= 1:
         return [float(v) for v in values]
-    import torch.distributed as dist
-
     t = torch.tensor([float(v) for v in values], dtype=torch.float64,
                      device=device if device.type == "cuda" else "cpu")
     dist.all_reduce(t)
@@ -201,8 +113,6 @@ def _all_reduce(values: Sequence[float], world: int, device) -> list[float]:
 
 def _barrier(world: int) -> None:
     if world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -220,73 +130,6 @@ class _Objective(nn.Module):
             return ((pred - targets) ** 2).sum()
         core = closure_core(self.model)
         return (((self.model(inputs) - targets) / core.output_std) ** 2).sum()
-
-
-# --------------------------------------------------------------------------- files
-_write_text = storage.write_text  # (kept under this name for closure.training.unroll)
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    keys = ["epoch", "train_loss", "validation_loss", "lr_factor", "samples", "seconds", "samples_per_second"]
-    keys = list(dict.fromkeys(keys + [k for row in history for k in row]))  # e.g. the a-posteriori columns
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            for row in history:
-                w.writerow({k: row.get(k) for k in keys})
-
-    storage.write_with(path, write)
-
-
-def _plot_history(path: Path, history: list[dict], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    epochs = [h["epoch"] for h in history]
-    ax.semilogy(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax.semilogy(epochs, [h["validation_loss"] for h in history], "s-", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE of the normalized SGS term")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    storage.save_figure(fig, path, dpi=110)
-    plt.close(fig)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": [int(v) for v in random.getstate()[1]],
-        "python_version": int(random.getstate()[0]),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate((state["python_version"], tuple(state["python"]), None))
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def default_run_dir(config: Config) -> Path:
-    source = getattr(config, "source", None)
-    stem = Path(source).stem if source else "train"
-    return Path("runs") / stem
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -335,16 +178,14 @@ def train(config, data, run_dir: Union[str, os.PathLike, None] = None, *, resume
         block_snapshots, mix: streaming block size cap and blocks held at once (closure.data.streaming).
         apriori: compute the a-priori metrics on the validation split at the end.
     """
-    config = _as_config(config)
+    config = as_config(config)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     tc = config.train
     if tc.mode == "aposteriori":
-        from closure.training.unroll import train_aposteriori
-
         if resume:
             raise ClosureError("--resume is not supported with train.mode=aposteriori; re-run with --init")
         return train_aposteriori(config, data, run_dir, init=init, progress_enabled=progress_enabled)
-    ds = _open(data)
+    ds = open_data(data)
     check_dataset(config, ds)
     data_source = str(ds.encoding.get("source", data if isinstance(data, (str, os.PathLike)) else "dataset"))
 
@@ -359,56 +200,8 @@ def train(config, data, run_dir: Union[str, os.PathLike, None] = None, *, resume
         ds.close()
 
 
-def made_for_run(config: Config, ds) -> dict:
-    """What a model trained here is for (stored in model.pt and checkpoints; `closure.nn.io.check_made_for`)."""
-    from closure.data.dataset import dataset_identity
-
-    return {"equation": config.system.equation, "les_resolution": int(config.les.resolution),
-            "length": float(config.system.length), "field": field_variable(ds), "dataset": dataset_identity(ds)}
-
-
-def _load_init(init, device, dtype, expect: Optional[dict] = None) -> nn.Module:
-    """The model of run directory (or model file) ``init``, checked against ``expect`` (its dataset may differ)."""
-    from closure.nn import load_model
-    from closure.nn.io import model_file
-
-    expect = {k: v for k, v in (expect or {}).items() if k != "dataset"}
-    return load_model(model_file(init), map_location=device, expect=expect).to(dtype=dtype)
-
-
-CHECKPOINT_KEYS = ("config", "model", "best_model", "optimizer", "scheduler", "state", "rng")
-
-
-def _read_checkpoint(path: Path, config: Config, config_yaml: str, dataset: str) -> dict:
-    """The checkpoint at ``path``, checked: readable, complete, same config, same dataset."""
-    if not path.is_file():
-        raise ClosureError(f"{path}: no checkpoint to resume from")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ClosureError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ClosureError(f"{path}: not a training checkpoint")
-    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
-    if missing:
-        raise ClosureError(f"{path}: damaged checkpoint (missing {', '.join(missing)}); "
-                           "start a fresh run without --resume")
-    if checkpoint["config"] != config_yaml:
-        stored = config_from_yaml(checkpoint["config"], f"{path} (stored config)").model_dump()
-        diff = first_difference(stored, config.model_dump())
-        raise ClosureError(f"{path}: --resume needs the same config as the interrupted run ({diff} differs)")
-    stored_data = checkpoint.get("dataset")
-    if stored_data is not None and stored_data != dataset:
-        raise ClosureError(f"{path}: the interrupted run trained on another dataset (identity {str(stored_data)[:20]}, "
-                           f"--data has {dataset}); --resume needs the same --data")
-    return checkpoint
-
-
 def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, init, callback, block_snapshots,
            mix, progress_enabled, apriori, rank: int, world: int, device) -> Path:
-    from closure.data.dataset import split_trajectories
-    from closure.nn import build_model, param_groups, save_model
-
     tc, dtype = config.train, resolve_dtype(config.dtype)
     ndim = config.system.ndim
     main = rank == 0
@@ -419,49 +212,28 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
     checkpoint = None
     purpose = made_for_run(config, ds)
     if resume:
-        checkpoint = _read_checkpoint(ckpt_path, config, config_yaml, purpose["dataset"])
+        checkpoint = read_checkpoint(ckpt_path, config, config_yaml, purpose["dataset"])
     elif main and ckpt_path.exists():
         log.warning("%s: starting a fresh run over an existing one (use --resume to continue it)", run_dir)
 
     # splits ------------------------------------------------------------------------------
-    n_traj = ds.sizes["trajectory"]
-    splits = split_trajectories(n_traj, config.data.validation_fraction, config.data.test_fraction, config.seed)
-    traj_ids = [int(v) for v in ds["trajectory"].values] if "trajectory" in ds.coords else list(range(n_traj))
-    splits_doc = {name: idx for name, idx in splits.items()}
-    splits_doc.update({f"{name}_ids": [traj_ids[i] for i in idx] for name, idx in splits.items()})
-    splits_doc["dataset"] = data_source
+    splits, splits_doc = trajectory_splits(config, ds, data_source)
     if main:
-        _write_text(run_dir / "splits.json", json.dumps(splits_doc, indent=2) + "\n")
-        _write_text(run_dir / "config.yaml", config_yaml)
+        write_run_start(run_dir, config, splits_doc)
 
     # model and normalization ---------------------------------------------------------------
-    _seed_everything(config.training_seed)
+    seed_everything(config.training_seed)
     if init is not None and checkpoint is None:
-        model = _load_init(init, device, dtype, purpose)
+        model = load_init(init, device, dtype, purpose)
     else:
         model = build_model(config.model, ndim, length=config.system.length, dtype=dtype, device=device)
-    core = closure_core(model)
-    symmetric = config.model.symmetry in ("augment", "average")
     train_blocks = plan_blocks(ds, splits["train"], block_snapshots)
     normalization = None
     if checkpoint is None and init is None:
-        t0 = time.time()
-        stats = dataset_statistics(ds, splits["train"])
-        with torch.no_grad():
-            if core.features or symmetric:
-                mean, std = channel_statistics(ds, train_blocks, model, symmetric=symmetric)
-                core.input_mean.copy_(mean.to(core.input_mean))
-                core.input_std.copy_(std.clamp_min(1e-12).to(core.input_std))
-            else:
-                core.input_mean.fill_(stats["field_mean"])
-                core.input_std.fill_(max(stats["field_std"], 1e-12))
-            out_mean = 0.0 if symmetric else stats["sgs_mean"]
-            out_std = math.sqrt(stats["sgs_std"] ** 2 + stats["sgs_mean"] ** 2) if symmetric else stats["sgs_std"]
-            core.output_mean.fill_(out_mean)
-            core.output_std.fill_(max(out_std, 1e-12))
-        normalization = dict(stats, seconds=time.time() - t0)
+        normalization = fit_normalization(model, ds, splits["train"], train_blocks, config.model.symmetry)
         if main:
-            log.info("normalization on %d training trajectories: %s", len(splits["train"]), stats)
+            log.info("normalization on %d training trajectories: %s", len(splits["train"]),
+                     {k: v for k, v in normalization.items() if k != "seconds"})
 
     mode = "points" if is_point_model(model) else "fields"
     stream = SampleStream(ds, train_blocks, model, batch_size=tc.batch_size, samples=tc.samples_per_epoch,
@@ -469,17 +241,11 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
                           augment=config.model.symmetry == "augment", dtype=dtype)
     objective = _Objective(model, mode)
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         ddp = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         ddp = objective
 
-    groups = param_groups(model, tc.lr, tc.optimizer)
-    if tc.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=tc.lr, weight_decay=tc.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = make_optimizer(model, tc)
     steps_per_epoch = stream.batches_per_epoch()
     total_steps = steps_per_epoch * tc.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -496,7 +262,7 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
             scheduler.load_state_dict(checkpoint["scheduler"])
             best_state = {k: v.to(device) for k, v in checkpoint["best_model"].items()}
             state.update(json.loads(checkpoint["state"]))
-            _set_rng_state(checkpoint["rng"])
+            set_rng_state(checkpoint["rng"])
         except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
             raise ClosureError(f"{ckpt_path}: damaged checkpoint ({type(exc).__name__}); "
                                "start a fresh run without --resume") from None
@@ -551,9 +317,9 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
             bar.set_postfix(loss=row["train_loss"], val=val_loss, epoch=epoch + 1)
             if main and (state["epoch"] % tc.checkpoint_every == 0 or state["epoch"] == tc.epochs
                          or state["stopped_early"]):
-                _save_checkpoint(ckpt_path, config_yaml, model, optimizer, scheduler, best_state, state,
-                                 purpose["dataset"])
-                _write_history(run_dir / "history.csv", state["history"])
+                save_checkpoint(ckpt_path, config_yaml, model, optimizer, scheduler, best_state, state,
+                                purpose["dataset"])
+                write_history(run_dir / "history.csv", state["history"])
             if main:
                 log.info("epoch %d/%d: train %.4g, validation %.4g (%.1f s)", epoch + 1, tc.epochs,
                          row["train_loss"], val_loss, row["seconds"])
@@ -565,74 +331,10 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
     model.load_state_dict(best_state)
     model.eval()
     if main:
-        _finish(config, ds, run_dir, model, state, splits, splits_doc, data_source, world, device, apriori,
-                progress_enabled, save_model)
+        finish(config, ds, run_dir, model, state, splits, splits_doc, data_source, world, device, apriori,
+               progress_enabled)
     _barrier(world)
     return run_dir
-
-
-def _save_checkpoint(path: Path, config_yaml: str, model, optimizer, scheduler, best_state, state,
-                     dataset: str) -> None:
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": config_yaml,
-        "dataset": dataset,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "best_model": {k: v.detach().cpu() for k, v in best_state.items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "state": json.dumps(state),
-        "rng": _rng_state(),
-    }
-    storage.torch_save(payload, path)
-
-
-def _finish(config, ds, run_dir, model, state, splits, splits_doc, data_source, world, device, apriori,
-            progress_enabled, save_model) -> None:
-    history = state["history"]
-    metrics: dict = {
-        "training": {
-            "epochs_run": state["epoch"],
-            "best_epoch": state["best_epoch"],
-            "best_validation_loss": state["best_loss"],
-            "final_train_loss": history[-1]["train_loss"] if history else None,
-            "stopped_early": state["stopped_early"],
-            "seconds": state["seconds"],
-            "samples_per_second": (sum(h["samples"] for h in history) / max(sum(h["seconds"] for h in history), 1e-9)
-                                   if history else None),
-            "world_size": world,
-            "device": str(device),
-        },
-        "normalization": state.get("normalization"),
-        "splits": {k: v for k, v in splits.items()},
-    }
-    if apriori and splits["validation"]:
-        # on the validation split: the test split is read once, by the final (a-posteriori) evaluation
-        from closure.training.apriori import baseline_closures, evaluate
-
-        closures = {"learned": model}
-        closures.update(baseline_closures(config))
-        metrics["apriori"] = evaluate(ds, splits["validation"], closures, config, max_points=TEST_POINTS,
-                                      progress_enabled=progress_enabled)
-        metrics["apriori"]["split"] = "validation"
-        summary = {name: {k: metrics["apriori"][name][k] for k in ("correlation", "r2", "relative_l2")}
-                   for name in closures}
-        metrics["apriori_summary"] = summary
-        log.info("a-priori validation metrics: %s", json.dumps(summary))
-    extra = {
-        "config": config_to_yaml(config),
-        "equation": config.system.equation,
-        "dataset": data_source,
-        "made_for": made_for_run(config, ds),
-        "splits": json.dumps(splits_doc),
-        "best_epoch": int(state["best_epoch"]),
-        "validation_loss": float(state["best_loss"]),
-    }
-    save_model(run_dir / "model.pt", model, extra)
-    _write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
-    _write_history(run_dir / "history.csv", history)
-    if history:
-        _plot_history(run_dir / "training_curve.png", history, f"{config.system.equation}: a-priori training")
 
 
 # --------------------------------------------------------------------------- local multi-process
@@ -645,11 +347,7 @@ def _spawned(rank: int, world: int, port: int, config_yaml: str, data, run_dir: 
 
 def launch_local(nprocs: int, config, data, run_dir, **kwargs) -> Path:
     """Run ``train`` in ``nprocs`` local processes (gloo on CPUs), like ``torchrun --nproc_per_node``."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    config = _as_config(config)
+    config = as_config(config)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -20,11 +20,25 @@ instead of every stage's intermediates.
 
 from __future__ import annotations
 
+import time as _time
+from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from solvers import simulate_checkpointed
+
+from closure.config import resolve_device, resolve_dtype
+from closure.data.dataset import dataset_config
+from closure.data.streaming import field_variable, plan_blocks
+from closure.data.system import les_equation, trajectory_seeds
+from closure.errors import ClosureError
+from closure.nn import build_model
+from closure.progress import log, progress
+from closure.training.runs import (as_config, check_dataset, default_run_dir, finish, fit_normalization,
+                                   learning_rate_factor, load_init, made_for_run, make_optimizer, open_data,
+                                   optimizer_step, seed_everything, trajectory_splits, write_run_start)
 
 __all__ = ["rollout", "trajectory_loss", "window_loss", "windows_loss"]
 
@@ -134,17 +148,13 @@ def _fixed_windows(n_snapshots: int, samples: int, trajectories, per_trajectory:
 
 
 def _load_windows(ds, name: str, windows, samples: int, dtype, device) -> torch.Tensor:
-    import numpy as np
-
     arrays = [np.asarray(ds[name].isel(trajectory=i, time=slice(s, s + samples + 1)).values) for i, s in windows]
     return torch.from_numpy(np.stack(arrays)).to(device=device, dtype=dtype)
 
 
 def _window_equation(config, windows, ids, dtype, device, cache: dict):
     """The LES equation for a batch of windows (per-trajectory seeds for random forcing)."""
-    from closure.data.system import les_equation, trajectory_seeds
-
-    if config.system.forcing.type != "stochastic":
+    if not config.system.forcing.per_trajectory:
         if "steady" not in cache:
             cache["steady"] = les_equation(config, dtype=dtype, device=device)
         return cache["steady"]
@@ -157,8 +167,6 @@ def windows_loss(closure, config, ds, windows, samples: int, per_sample: int, *,
     """Mean unrolled loss (`window_loss`, ``config.run``/``config.train`` settings) of ``closure`` over
     ``windows`` (trajectory index, start snapshot) of ``samples`` samples; windows that start
     together run as one batch (and share the forcing's time). ``inf`` if any member blows up."""
-    from closure.data.streaming import field_variable
-
     name = field_variable(ds)
     ids = [int(v) for v in ds["trajectory"].values]
     times = [float(v) for v in ds["time"].values]
@@ -190,27 +198,13 @@ def curriculum(epoch: int, first: int, last: int, per_sample: int) -> int:
     return max(1, steps // per_sample)
 
 
-def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled=None) -> "Path":
+def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled=None) -> Path:
     """Fine-tune (``init``) or train a closure through the LES solver; writes a run directory
     in the a-priori layout (model.pt, config.yaml, splits.json, history.csv, metrics.json)."""
-    import json
-    import time as _time
-    from pathlib import Path
-
-    from closure.config import config_to_yaml, resolve_device, resolve_dtype
-    from closure.data.dataset import dataset_config, split_trajectories
-    from closure.errors import ClosureError
-    from closure.nn import build_model, param_groups
-    from closure.progress import log, progress
-    from closure.data.streaming import closure_core, dataset_statistics, field_variable
-    from closure.training.trainer import (_as_config, _finish, _load_init, _open, _plot_history, _seed_everything,
-                               _write_text, check_dataset, default_run_dir, learning_rate_factor, made_for_run,
-                               optimizer_step)
-
-    config = _as_config(config)
+    config = as_config(config)
     tc, dtype, device = config.train, resolve_dtype(config.dtype), resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    ds = _open(data)
+    ds = open_data(data)
     check_dataset(config, ds)
     source = str(ds.encoding.get("source", data))
     name = field_variable(ds)
@@ -219,28 +213,21 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
     except ValueError as err:
         raise ClosureError(f"{source}: {err}") from None
     n_snap = ds.sizes["time"]
-    splits = split_trajectories(ds.sizes["trajectory"], config.data.validation_fraction,
-                                config.data.test_fraction, config.seed)
+    splits, splits_doc = trajectory_splits(config, ds, source)
     ids = [int(v) for v in ds["trajectory"].values]
     times = [float(v) for v in ds["time"].values]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    splits_doc = dict(splits, dataset=source, **{f"{k}_ids": [ids[i] for i in v] for k, v in splits.items()})
-    _write_text(run_dir / "splits.json", json.dumps(splits_doc, indent=2) + "\n")
-    _write_text(run_dir / "config.yaml", config_to_yaml(config))
+    write_run_start(run_dir, config, splits_doc)
 
-    _seed_everything(config.training_seed)
+    seed_everything(config.training_seed)
+    normalization = None
     if init is not None:
-        model = _load_init(init, device, dtype, made_for_run(config, ds))
+        model = load_init(init, device, dtype, made_for_run(config, ds))
     else:
         model = build_model(config.model, config.system.ndim, length=config.system.length, dtype=dtype, device=device)
-        stats = dataset_statistics(ds, splits["train"])
-        core = closure_core(model)
-        with torch.no_grad():
-            core.input_mean.fill_(stats["field_mean"]); core.input_std.fill_(max(stats["field_std"], 1e-12))
-            core.output_mean.fill_(stats["sgs_mean"]); core.output_std.fill_(max(stats["sgs_std"], 1e-12))
+        normalization = fit_normalization(model, ds, splits["train"], plan_blocks(ds, splits["train"]),
+                                          config.model.symmetry)
     model.train()
-    groups = param_groups(model, tc.lr, tc.optimizer)
-    optimizer = (torch.optim.SGD(groups, lr=tc.lr) if tc.optimizer == "sgd" else torch.optim.Adam(groups, lr=tc.lr))
+    optimizer = make_optimizer(model, tc)
     steps_per_epoch = max(1, tc.windows_per_epoch // tc.unroll_batch)
     total = steps_per_epoch * tc.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(tc.schedule, s, total))
@@ -274,7 +261,7 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
             t0, acc, count, skipped = _time.time(), 0.0, 0, 0
             for _ in range(steps_per_epoch):
                 windows = _windows(n_snap, samples, splits["train"], generator, tc.unroll_batch,
-                                   same_start=config.system.forcing.type == "stochastic")
+                                   same_start=config.system.forcing.per_trajectory)
                 per = losses(windows, samples, True)
                 bad = is_blowup(per)
                 skipped += int(bad.sum())
@@ -303,12 +290,9 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
     model.eval()
     state = {"epoch": tc.epochs, "best_epoch": best[2], "best_loss": best[0], "stopped_early": False,
              "seconds": _time.time() - t_start, "history": history,
-             "normalization": {"mode": "aposteriori", "init": str(init) if init else None,
-                               "skipped_windows": skipped_total}}
-    from closure.nn import save_model
-
-    _finish(config, ds, run_dir, model, state, splits, splits_doc, source, 1, device, True, progress_enabled,
-            save_model)
-    _plot_history(run_dir / "training_curve.png", history, f"{config.system.equation}: a-posteriori training")
+             "normalization": dict(normalization or {}, mode="aposteriori", init=str(init) if init else None,
+                                   skipped_windows=skipped_total)}
+    finish(config, ds, run_dir, model, state, splits, splits_doc, source, 1, device, True, progress_enabled,
+           title="a-posteriori training")
     ds.close()
     return run_dir
