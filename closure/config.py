@@ -24,6 +24,7 @@ import reprlib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence, Union
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
@@ -636,8 +637,6 @@ def config_from_yaml(text: str, source: str = "stored config") -> Config:
 
 def resolve_device(name: str):
     """`auto` -> cuda if available else cpu; otherwise the named device (checked)."""
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -646,6 +645,4 @@ def resolve_device(name: str):
 
 
 def resolve_dtype(name: str):
-    import torch
-
     return {"float32": torch.float32, "float64": torch.float64}[name]

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from closure.data import dataset as cds
-from closure.training.apriori import (AprioriAccumulator, correlation, evaluate, hellinger, r2, relative_l2,
-                             smagorinsky_fallback, transfer_fields)
+from closure.les.baselines import Smagorinsky
+from closure.training.apriori import (AprioriAccumulator, correlation, evaluate, hellinger, probabilities, r2,
+                                      relative_l2, transfer_fields)
 from closure.config import config_from_dict
 
 from test_streaming import tiny_raw_config, write_tiny_dataset
@@ -72,15 +73,16 @@ def test_accumulator_streams_exactly_and_counts_backscatter():
 
 
 def test_hellinger_bounds():
-    assert hellinger([1, 2, 3], [2, 4, 6]) == pytest.approx(0.0, abs=1e-12)
-    assert hellinger([1, 0], [0, 1]) == pytest.approx(1.0)
+    assert hellinger(probabilities([1, 2, 3]), probabilities([2, 4, 6])) == pytest.approx(0.0, abs=1e-12)
+    assert hellinger(probabilities([1, 0]), probabilities([0, 1])) == pytest.approx(1.0)
+    assert math.isnan(hellinger([0.5, float("nan")], [0.5, 0.5]))
 
 
 @pytest.mark.parametrize("ndim", [1, 2])
-def test_smagorinsky_fallback_dissipates(ndim):
+def test_smagorinsky_dissipates(ndim):
     raw = tiny_raw_config("navier_stokes_2d" if ndim == 2 else "burgers_1d")
     config = config_from_dict(raw)
-    smag = smagorinsky_fallback(config)
+    smag = Smagorinsky(config.les.resolution, config.system.length, ndim=ndim)
     torch.manual_seed(0)
     n = config.les.resolution
     state = torch.randn((2,) + (n,) * ndim, dtype=torch.float64)
@@ -98,7 +100,7 @@ def test_evaluate_streams_a_dataset(tmp_path):
     from closure.les.baselines import DealiasResidual
 
     residual = DealiasResidual(16, config.system.length, 2)
-    res = evaluate(ds, [1], {"smagorinsky": smagorinsky_fallback(config), "zero": lambda f: 0 * f,
+    res = evaluate(ds, [1], {"smagorinsky": Smagorinsky(16, config.system.length), "zero": lambda f: 0 * f,
                              "dealias_residual": residual}, config, progress_enabled=False)
     f = torch.from_numpy(ds.omega.isel(trajectory=[1]).values).double().reshape(-1, 16, 16)
     s = torch.from_numpy(ds.sgs.isel(trajectory=[1]).values).double().reshape(-1, 16, 16)
@@ -107,7 +109,7 @@ def test_evaluate_streams_a_dataset(tmp_path):
                                                                rel=1e-9)
     assert res["zero"]["r2"] == pytest.approx(1 - (s ** 2).sum().item() / ((s - s.mean()) ** 2).sum().item())
     # the streamed metrics are those of the whole arrays
-    smag = smagorinsky_fallback(config)(f)
+    smag = Smagorinsky(16, config.system.length)(f)
     assert res["smagorinsky"]["correlation"] == pytest.approx(correlation(smag, s), rel=1e-9)
     assert res["smagorinsky"]["r2"] == pytest.approx(r2(smag, s), rel=1e-9)
     # a closure that knows most of the target scores high: this coarse dataset's SGS term is mostly the

@@ -47,6 +47,8 @@ import numpy as np
 import xarray as xr
 
 from closure import storage
+from closure._version import __version__
+from closure.config import config_from_yaml, config_to_yaml
 from closure.equations import EQUATIONS, equation_spec
 from closure.errors import ClosureError
 
@@ -163,8 +165,6 @@ def _coordinate(n: int, length: float) -> np.ndarray:
 
 
 def _version() -> str:
-    from closure._version import __version__
-
     return __version__
 
 
@@ -224,8 +224,6 @@ def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[fl
 
 def global_attrs(config, created: Optional[str] = None) -> dict:
     """The contract's global attributes of a dataset generated from ``config``."""
-    from closure.config import config_to_yaml
-
     s = config.system
     n_les, n_dns = config.les.resolution, config.dns.resolution
     attrs = {
@@ -434,8 +432,6 @@ def dataset_identity(ds: xr.Dataset) -> str:
 
 def dataset_config(ds: xr.Dataset):
     """The resolved `Config` stored in a dataset's ``config`` attribute."""
-    from closure.config import config_from_yaml
-
     text = ds.attrs.get("config")
     if text is None:
         raise ClosureError("dataset: missing global attribute 'config'")

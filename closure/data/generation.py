@@ -24,6 +24,7 @@ after the other in this process; N > 1: a `LocalCluster` of N processes).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -35,6 +36,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+import xarray as xr
 
 from solvers import CFL, BlowUpError
 
@@ -71,8 +73,6 @@ def part_name(ids: Sequence[int]) -> str:
 
 def generation_key(config: Config) -> str:
     """The config sections that determine a dataset's values (for resume checks)."""
-    import json
-
     d = config.model_dump(mode="json")
     keep = {k: d[k] for k in ("seed", "dtype", "system", "initial", "les", "data")}
     keep["dns"] = {k: v for k, v in d["dns"].items() if k != "batch_size"}
@@ -193,8 +193,6 @@ def _part_written(path: Path) -> None:
 def _part_is_done(path: Path, key: str) -> bool:
     if not path.is_file():
         return False
-    import xarray as xr
-
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
             stored = ds.attrs.get("generation_key")
@@ -323,8 +321,6 @@ def _run_dask(config: Config, todo, scheduler: Optional[str], layout, progress: 
 
 
 def _merge(config: Config, paths: list[Path], output: Path) -> Path:
-    import xarray as xr
-
     if len(paths) == 1:
         parts = [xr.open_dataset(paths[0], engine="netcdf4", chunks={})]
         merged = parts[0]

@@ -50,11 +50,15 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
+import dask
 import numpy as np
 import torch
 import xarray as xr
 
+from closure.data.dataset import FIELD_NAMES
 from closure.errors import ClosureError
+from closure.nn import FieldClosure, StencilClosure, augment, random_transform
+from closure.nn.stencil import point_patches
 
 __all__ = [
     "Block", "Batch", "plan_blocks", "load_block", "SampleStream", "Prefetcher",
@@ -66,8 +70,6 @@ __all__ = [
 # --------------------------------------------------------------------------- helpers
 def field_variable(ds: xr.Dataset) -> str:
     """The filtered field's variable name: ``omega`` (2D) or ``u`` (1D)."""
-    from closure.data.dataset import FIELD_NAMES
-
     return FIELD_NAMES[ds.attrs["equation"]]
 
 
@@ -83,8 +85,6 @@ def _generator(*keys: int) -> torch.Generator:
 
 def closure_core(model: torch.nn.Module):
     """The FieldClosure (module with the normalization buffers) inside ``model``."""
-    from closure.nn import FieldClosure
-
     for m in model.modules():
         if isinstance(m, FieldClosure):
             return m
@@ -93,8 +93,6 @@ def closure_core(model: torch.nn.Module):
 
 def is_point_model(model: torch.nn.Module) -> bool:
     """True for a bare StencilClosure: its loss can be computed on isolated stencil patches."""
-    from closure.nn import StencilClosure
-
     return isinstance(model, StencilClosure)
 
 
@@ -153,8 +151,6 @@ def load_block(ds: xr.Dataset, block: Block, dtype=torch.float32, stride: int = 
 # --------------------------------------------------------------------------- statistics
 def dataset_statistics(ds: xr.Dataset, trajectories: Sequence[int]) -> dict:
     """Mean and std of the field and the SGS term over ``trajectories`` (one dask pass, never loaded)."""
-    import dask
-
     name = field_variable(ds)
     sub = ds[[name, "sgs"]].isel(trajectory=list(trajectories))
     f, s = sub[name].astype("float64"), sub["sgs"].astype("float64")
@@ -173,8 +169,6 @@ def channel_statistics(ds: xr.Dataset, blocks: Sequence[Block], model: torch.nn.
     With ``symmetric`` every block is replaced by all its symmetry-group images
     (the statistics of the augmented data; the field's mean is then zero).
     """
-    from closure.nn import augment
-
     core = closure_core(model)
     total = s1 = s2 = None
     for block in blocks:
@@ -189,29 +183,6 @@ def channel_statistics(ds: xr.Dataset, blocks: Sequence[Block], model: torch.nn.
     mean = s1 / total
     var = (s2 / total - mean * mean).clamp_min(0.0) * total / max(total - 1, 1)
     return mean, var.sqrt()
-
-
-# --------------------------------------------------------------------------- patches
-def point_patches(x: torch.Tensor, stencil: int, t: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Stencil patches of channels ``x`` (T, C, *grid) at flat points (t, p); same layout as ``stencil_patches``.
-
-    Returns ``(len(t), C * s^d)``: 1D ``[c * s + a]``, 2D ``[c * s^2 + a * s + b]``,
-    ``a`` the offset along the first spatial axis (y in 2D).
-    """
-    r = stencil // 2
-    offsets = torch.arange(stencil, device=x.device) - r
-    c = x.shape[1]
-    if x.dim() == 3:
-        n = x.shape[-1]
-        ix = (points[:, None] + offsets[None, :]) % n  # (B, s)
-        patches = x[t[:, None], :, ix]  # (B, s, C)
-        return patches.permute(0, 2, 1).reshape(len(t), c * stencil)
-    ny, nx = x.shape[-2:]
-    y, xx = points // nx, points % nx
-    iy = ((y[:, None] + offsets[None, :]) % ny)[:, :, None]  # (B, s, 1)
-    ix = ((xx[:, None] + offsets[None, :]) % nx)[:, None, :]  # (B, 1, s)
-    patches = x[t[:, None, None], :, iy, ix]  # (B, s, s, C)
-    return patches.permute(0, 3, 1, 2).reshape(len(t), c * stencil * stencil)
 
 
 # --------------------------------------------------------------------------- the stream
@@ -335,8 +306,6 @@ class SampleStream(torch.utils.data.IterableDataset):
         self.stats["blocks_loaded"] += 1
         self.stats["values_loaded"] += field.numel() + sgs.numel()
         if self.augment:
-            from closure.nn import random_transform
-
             gen = _generator(self.seed, self.epoch, 0xA06, block_index)
             field, sgs = random_transform(field, sgs, self.parity, generator=gen)
         if self.mode == "fields":

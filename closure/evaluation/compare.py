@@ -67,6 +67,7 @@ from closure.data import dataset as ds_io
 from closure.evaluation import front as F
 from closure.evaluation import metrics as M
 from closure.evaluation import spread
+from closure.evaluation import report
 from closure import storage
 from closure.equations import equation_spec
 from closure.errors import ClosureError
@@ -380,8 +381,6 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
     _write_json(report_dir / "reference.json", reference_info)
     _write_csv(report_dir / "metrics.csv", results)
     if figures:
-        from closure.evaluation import report
-
         report.write_report(report_dir, results, extras, reference_info, edges, ref_ds.attrs, ndim, length)
     ref_ds.close()
     return _jsonable(results)

@@ -34,6 +34,8 @@ from typing import Optional
 
 import numpy as np
 
+from closure.training.apriori import hellinger  # (one definition, shared with the a-priori metrics)
+
 __all__ = [
     "wavenumbers", "energy_spectrum", "spectrum_error", "pdf_edges", "histogram", "hellinger", "pearson",
     "decorrelation_times", "energy", "enstrophy", "similarity", "THRESHOLD", "longitudinal_gradients",
@@ -149,14 +151,6 @@ def histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     counts, _ = np.histogram(v, bins=edges)
     total = counts.sum()
     return counts / total if total else np.full(counts.shape, np.nan)
-
-
-def hellinger(p: np.ndarray, q: np.ndarray) -> float:
-    """Hellinger distance ``sqrt(1 - sum sqrt(p q))`` of two probability vectors (0 = equal, 1 = disjoint)."""
-    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
-    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
-        return float("nan")
-    return float(math.sqrt(max(0.0, 1.0 - float(np.sum(np.sqrt(p * q))))))
 
 
 def pearson(a: np.ndarray, b: np.ndarray, ndim: Optional[int] = None) -> np.ndarray:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from closure import storage
+from closure.evaluation import metrics as M
 
 __all__ = ["write_report", "FIGURES", "table", "front_table", "verdict_line", "verdict_lines", "timing_text",
            "FRONT_METRICS"]
@@ -93,8 +94,6 @@ def _spectra(path, results, extras, reference, colors, ndim):
 
 
 def _pdf(path, results, extras, reference, edges, colors, ndim):
-    from closure.evaluation import metrics as M
-
     plt = _plt()
     inner = edges[1:-1]
     centers = 0.5 * (inner[1:] + inner[:-1])

@@ -115,40 +115,28 @@ __all__ = [
 
 
 class _Ops:
-    """Spectral operators of an ``n``-point periodic grid of ``length`` on one device and dtype."""
+    """Spectral operators of an ``n``-point periodic grid of ``length`` on one device and dtype.
+
+    Taken from a float64 `solvers.SpectralGrid` and cast (the same operators as the solver's).
+    """
 
     def __init__(self, n: int, length: float, ndim: int, dtype: torch.dtype, device: torch.device):
-        scale = 2 * math.pi / length
-        m_half = torch.fft.rfftfreq(n, 1.0 / n, dtype=torch.float64)
-        odd_half = torch.where(m_half.abs() == n // 2, torch.zeros_like(m_half), m_half)
-        self.ndim, self.n = ndim, n
+        g = SpectralGrid(n, length, ndim, torch.float64, torch.device(device))
         cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-        if ndim == 1:
-            kx = (m_half * scale)
-            self.ikx = (1j * odd_half * scale).to(device=device, dtype=cdtype)
-            self.k2 = (kx ** 2).to(device=device, dtype=dtype)
-            self.dealias = (m_half.abs() <= n // 3).to(device=device, dtype=dtype)
-            self.shape = (n,)
-            self.dims = (-1,)
-        else:
-            m_full = torch.fft.fftfreq(n, 1.0 / n, dtype=torch.float64)
-            odd_full = torch.where(m_full.abs() == n // 2, torch.zeros_like(m_full), m_full)
-            kx = (m_half * scale).reshape(1, -1)
-            ky = (m_full * scale).reshape(-1, 1)
-            k2 = kx ** 2 + ky ** 2
-            inv = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
-            self.ikx = (1j * odd_half.reshape(1, -1) * scale).to(device=device, dtype=cdtype)
-            self.iky = (1j * odd_full.reshape(-1, 1) * scale).to(device=device, dtype=cdtype)
-            self.k2 = k2.to(device=device, dtype=dtype)
-            self.inverse_k2 = inv.to(device=device, dtype=dtype)
+        self.ndim, self.n = ndim, n
+        self.ikx = g.ikx.to(cdtype)
+        self.k2 = g.k2.to(dtype)
+        self.dealias = g.dealias.to(dtype)
+        self.shape = g.shape
+        self.dims = g.dims
+        if ndim == 2:
+            inv = g.inverse_k2
+            self.iky = g.iky.to(cdtype)
+            self.inverse_k2 = inv.to(dtype)
             # psi_xx, psi_yy, psi_xy from omega_hat (psi_hat = omega_hat / k^2)
-            self.psi_xx = (-(kx ** 2) * inv).to(device=device, dtype=dtype)
-            self.psi_yy = (-(ky ** 2) * inv).to(device=device, dtype=dtype)
-            self.psi_xy = (-(kx * ky) * inv).to(device=device, dtype=dtype)
-            keep = (m_half.abs() <= n // 3).reshape(1, -1) & (m_full.abs() <= n // 3).reshape(-1, 1)
-            self.dealias = keep.to(device=device, dtype=dtype)
-            self.shape = (n, n)
-            self.dims = (-2, -1)
+            self.psi_xx = (-(g.kx ** 2) * inv).to(dtype)
+            self.psi_yy = (-(g.ky ** 2) * inv).to(dtype)
+            self.psi_xy = (-(g.kx * g.ky) * inv).to(dtype)
 
     def fft(self, f: torch.Tensor) -> torch.Tensor:
         return torch.fft.rfftn(f, dim=self.dims)

@@ -59,11 +59,13 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+import solvers
 from solvers import CFL
 
 from closure.data import dataset as ds_io
+from closure.data.generation import generation_key
 from closure.data.system import dns_equation, initial_state, les_equation, trajectory_seeds
-from closure.les.baselines import BASELINES, CALIBRATION_FILE, is_baseline, is_calibrated_run, make_closure
+from closure.les.baselines import BASELINES, CALIBRATION_FILE, NoClosure, is_baseline, is_calibrated_run, make_closure
 from closure.config import Config, resolve_device, resolve_dtype
 from closure import storage
 from closure.errors import ClosureError
@@ -195,8 +197,6 @@ def dns_cost(ds, data_config: Config, batch: int, device, dtype) -> tuple[float,
     stored = ds.attrs.get("dns_seconds_per_model_time")
     if stored is not None:
         return float(stored), "dataset"
-    from closure.data.generation import generation_key
-
     key = (generation_key(data_config), batch, str(device), str(dtype))
     if key not in _DNS_COST:
         _DNS_COST[key] = time_dns(data_config, batch, device, dtype)
@@ -214,8 +214,6 @@ class LESResult:
 def warm_up(equation, closure, state: torch.Tensor, dt: float, t0: float, method: str) -> None:
     """One untimed step from ``state`` (discarded): FFT plans, caches and lazy set-up happen here,
     so that the timed stepping measures the steady cost per step."""
-    import solvers
-
     try:
         equation.simulate(state, dt=dt, steps=1, closure=closure, time=t0, method=method)
     except solvers.BlowUpError:
@@ -230,10 +228,6 @@ def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: i
 
     Returns numpy arrays (NaN after a member's blow-up) and the wall time of the stepping.
     """
-    import solvers
-
-    from closure.les.baselines import NoClosure
-
     closure = NoClosure() if closure is None else closure
     # the zero closure costs two FFTs per stage inside the solver: pass None there
     solver_closure = None if isinstance(closure, NoClosure) else closure

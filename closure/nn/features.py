@@ -35,6 +35,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+import solvers
+
 from closure.nn.meanfield import ArchitectureError
 
 DERIVED_FEATURES = {1: ("gradient", "laplacian", "dealias_residual"),
@@ -48,8 +50,6 @@ _EQUATIONS: dict = {}
 
 def dealias_residual(f: torch.Tensor, ndim: int, length: float) -> torch.Tensor:
     """``N(f) - N_les(f)`` of a physical field (batch, n) or (batch, n, n) (module docstring)."""
-    import solvers
-
     n = f.shape[-1]
     key = (ndim, n, float(length), f.dtype, str(f.device))
     if key not in _EQUATIONS:

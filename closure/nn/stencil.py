@@ -29,11 +29,15 @@ def check_stencil(stencil: int) -> int:
     return stencil
 
 
+def _shifted(j: torch.Tensor, stencil: int, n: int) -> torch.Tensor:
+    """Index table (len(j), s): entry [i, a] = (j_i + a - s // 2) mod n."""
+    a = torch.arange(stencil, device=j.device)[None, :] - stencil // 2
+    return (j[:, None] + a) % n
+
+
 def _periodic_offsets(n: int, stencil: int, device) -> torch.Tensor:
     """Index table (n, s): entry [j, a] = (j + a - s // 2) mod n."""
-    j = torch.arange(n, device=device)[:, None]
-    a = torch.arange(stencil, device=device)[None, :] - stencil // 2
-    return (j + a) % n
+    return _shifted(torch.arange(n, device=device), stencil, n)
 
 
 def stencil_patches(x: torch.Tensor, stencil: int) -> torch.Tensor:
@@ -58,6 +62,25 @@ def stencil_patches(x: torch.Tensor, stencil: int) -> torch.Tensor:
         ix = _periodic_offsets(nx, stencil, x.device)[None, :, None, :]
         patches = x[:, :, iy, ix]  # (batch, C, ny, nx, s, s)
     return patches.permute(0, 2, 3, 1, 4, 5).reshape(batch, ny, nx, c * stencil * stencil)
+
+
+def point_patches(x: torch.Tensor, stencil: int, t: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Stencil patches of channels ``x`` (T, C, *grid) at flat points (t, p); same layout as ``stencil_patches``.
+
+    Returns ``(len(t), C * s^d)``: 1D ``[c * s + a]``, 2D ``[c * s^2 + a * s + b]``,
+    ``a`` the offset along the first spatial axis (y in 2D).
+    """
+    c = x.shape[1]
+    if x.dim() == 3:
+        ix = _shifted(points, stencil, x.shape[-1])  # (B, s)
+        patches = x[t[:, None], :, ix]  # (B, s, C)
+        return patches.permute(0, 2, 1).reshape(len(t), c * stencil)
+    ny, nx = x.shape[-2:]
+    y, xx = points // nx, points % nx
+    iy = _shifted(y, stencil, ny)[:, :, None]  # (B, s, 1)
+    ix = _shifted(xx, stencil, nx)[:, None, :]  # (B, 1, s)
+    patches = x[t[:, None, None], :, iy, ix]  # (B, s, s, C)
+    return patches.permute(0, 3, 1, 2).reshape(len(t), c * stencil * stencil)
 
 
 class StencilClosure(FieldClosure):

@@ -30,12 +30,19 @@ from __future__ import annotations
 import math
 from typing import Callable, Mapping, Optional, Sequence
 
+import dask
 import numpy as np
 import torch
 
+from closure.data.streaming import field_variable, load_block, plan_blocks
+from closure.data.system import les_equation
+from closure.les.baselines import make_closure
+from closure.progress import progress
+from solvers.spectral import SpectralGrid
+
 __all__ = [
-    "correlation", "r2", "relative_l2", "transfer_fields", "hellinger", "AprioriAccumulator",
-    "smagorinsky_fallback", "baseline_closures", "evaluate",
+    "correlation", "r2", "relative_l2", "transfer_fields", "hellinger", "probabilities", "AprioriAccumulator",
+    "baseline_closures", "evaluate",
 ]
 
 
@@ -63,16 +70,21 @@ def relative_l2(pred, true) -> float:
 
 
 def hellinger(p: np.ndarray, q: np.ndarray) -> float:
-    """Hellinger distance between two histograms (counts or densities on the same bins)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    p, q = p / max(p.sum(), 1e-300), q / max(q.sum(), 1e-300)
-    return float(np.sqrt(max(0.0, 1.0 - np.sqrt(p * q).sum())))
+    """Hellinger distance ``sqrt(1 - sum sqrt(p q))`` of two probability vectors on the same bins
+    (0 = equal, 1 = disjoint); NaN if either has a non-finite entry."""
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
+        return float("nan")
+    return float(math.sqrt(max(0.0, 1.0 - float(np.sum(np.sqrt(p * q))))))
+
+
+def probabilities(counts) -> np.ndarray:
+    """Histogram counts (or densities) normalized to sum 1 (all zeros stay zero)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return counts / max(counts.sum(), 1e-300)
 
 
 def _grid(ndim: int, n: int, length: float):
-    from solvers.spectral import SpectralGrid
-
     return SpectralGrid(n, length=length, ndim=ndim, dtype=torch.float64)
 
 
@@ -162,7 +174,8 @@ class AprioriAccumulator:
                 entry["r2"] = 1.0 - d.get("sse", 0.0) / sst if sst > 0 else float("nan")
                 norm_t = math.sqrt(max(t.get("ss", 0.0), 0.0))
                 entry["relative_l2"] = math.sqrt(max(d.get("sse", 0.0), 0.0)) / norm_t if norm_t > 0 else float("nan")
-                entry["pdf_hellinger"] = hellinger(self.hist.get(name, 0), self.hist.get("truth", 0))
+                entry["pdf_hellinger"] = hellinger(probabilities(self.hist.get(name, 0)),
+                                                   probabilities(self.hist.get("truth", 0)))
             hist = np.asarray(self.hist.get(name, np.zeros(len(self.edges) - 1)))
             entry["pdf"] = hist.astype(int).tolist()
             entry["pdf_outside"] = self.outside.get(name, 0)
@@ -171,55 +184,9 @@ class AprioriAccumulator:
 
 
 # --------------------------------------------------------------------------- baselines
-class _SmagorinskyFallback(torch.nn.Module):
-    """Smagorinsky closure on the LES grid (used only if closure.les.baselines is unavailable).
-
-    2D: nu_e = (Cs D)^2 |S|, |S| = sqrt(4 psi_xy^2 + (psi_xx - psi_yy)^2), c = div(nu_e grad omega).
-    1D: nu_e = (Cs D)^2 |u_x|, c = d/dx(nu_e u_x). D = the LES grid spacing.
-    """
-
-    def __init__(self, ndim: int, n: int, length: float, cs: float):
-        super().__init__()
-        self.ndim, self.n, self.length, self.cs = ndim, n, length, cs
-        self.delta = length / n
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        g = _grid(self.ndim, self.n, self.length)
-        s = state.to(torch.float64)
-        s_hat = g.to_spectral(s)
-        c2 = (self.cs * self.delta) ** 2
-        if self.ndim == 1:
-            ux = g.to_physical(g.ikx * s_hat)
-            flux = c2 * ux.abs() * ux
-            return g.to_physical(g.ikx * g.to_spectral(flux)).to(state.dtype)
-        psi_hat = g.streamfunction_hat(s_hat)
-        psi_xy = g.to_physical(g.ikx * g.iky * psi_hat)
-        psi_xx = g.to_physical(g.ikx * g.ikx * psi_hat)
-        psi_yy = g.to_physical(g.iky * g.iky * psi_hat)
-        strain = torch.sqrt(4 * psi_xy ** 2 + (psi_xx - psi_yy) ** 2)
-        nu = c2 * strain
-        wx, wy = g.to_physical(g.ikx * s_hat), g.to_physical(g.iky * s_hat)
-        div = g.ikx * g.to_spectral(nu * wx) + g.iky * g.to_spectral(nu * wy)
-        return g.to_physical(div).to(state.dtype)
-
-
-def smagorinsky_fallback(config) -> torch.nn.Module:
-    return _SmagorinskyFallback(config.system.ndim, config.les.resolution, config.system.length,
-                                config.run.smagorinsky_cs)
-
-
 def baseline_closures(config, names: Optional[Sequence[str]] = None) -> dict:
-    """Classical closures for the a-priori comparison (``closure.les.baselines.make_closure``).
-
-    Constants from ``config.run`` (Smagorinsky's standard ``smagorinsky_cs``). Falls
-    back to this module's Smagorinsky if the baselines module is unavailable.
-    """
-    try:
-        from closure.les.baselines import make_closure
-    except ImportError:
-        return {"smagorinsky": smagorinsky_fallback(config)}
-    from closure.data.system import les_equation
-
+    """Classical closures for the a-priori comparison (`closure.les.baselines.make_closure`), in float64
+    on the LES grid; constants from ``config.run``."""
     les = les_equation(config, dtype=torch.float64, unforced=True)
     if names is None:  # Leith's vorticity-gradient model is 1D/2D only
         names = ("smagorinsky", "leith", "dynamic_smagorinsky") if config.system.ndim < 3 else \
@@ -229,8 +196,6 @@ def baseline_closures(config, names: Optional[Sequence[str]] = None) -> dict:
 
 # --------------------------------------------------------------------------- evaluation
 def _sgs_edges(ds, trajectories, bins: int) -> np.ndarray:
-    import dask
-
     sgs = ds["sgs"].isel(trajectory=list(trajectories))
     lo, hi = dask.compute(sgs.min(), sgs.max())
     lo, hi = float(lo), float(hi)
@@ -248,9 +213,6 @@ def evaluate(ds, trajectories: Sequence[int], closures: Mapping[str, Callable], 
     ``max_points`` caps the points used by taking every k-th snapshot. Each
     closure is called on its own dtype/device (from its parameters or buffers).
     """
-    from closure.progress import progress
-    from closure.data.streaming import field_variable, load_block, plan_blocks
-
     length = float(ds.attrs.get("length", 2 * math.pi))
     var = ds[field_variable(ds)]
     per_snapshot = int(np.prod(var.shape[2:]))
