@@ -9,8 +9,8 @@ sample interval) and reports
 - projected snapshots per second for the full config (spin-up included):
   B * samples / ((spinup_steps + (samples - 1) * sample_steps) * t_step + samples * t_snapshot).
 
-Prints a table and writes it into docs/performance.md under "## Dataset generation"
-(only that section is replaced).
+Prints a table and writes it into docs/performance.md under "### Batching (one process)"
+of "## Dataset generation" (only that part is replaced).
 
     python benchmarks/generate_speed.py [--configs quickstart kolmogorov2d] [--batches 1 4 16]
                                         [--threads 1] [--device cpu] [--no-write]
@@ -125,9 +125,10 @@ machine whose cores are shared, torch's threaded FFTs were seen to slow down ~10
 
 
 def write_section(text: str, path: Path):
-    heading = "## Dataset generation"
+    """Replace the "### Batching (one process)" part of "## Dataset generation" (appended if absent)."""
+    heading = "### Batching (one process)"
     old = path.read_text() if path.exists() else "# Performance\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |^### |\Z)", re.S | re.M)
     section = f"{heading}\n\n{text.strip()}\n\n"
     new = pattern.sub(lambda m: section, old) if pattern.search(old) else old.rstrip() + "\n\n" + section
     path.write_text(new)
@@ -158,7 +159,7 @@ def main(argv=None):
                 f"{' (a busy machine: absolute times are pessimistic)' if load > (os.cpu_count() or 1) else ''}."
                 "\n\n" + tab + "\n" + READING)
         write_section(text, ROOT / "docs" / "performance.md")
-        print(f"wrote the 'Dataset generation' section of {ROOT / 'docs' / 'performance.md'}")
+        print(f"wrote the 'Batching' part of {ROOT / 'docs' / 'performance.md'}")
 
 
 if __name__ == "__main__":
