@@ -70,7 +70,7 @@ def test_aposteriori_shares_the_apriori_normalization_and_optimizer(tmp_path, ti
                                                                     monkeypatch):
     """With derived features the input normalization is per channel, as in a-priori training, and
     the optimizer carries train.weight_decay."""
-    import closure.training.unroll as unroll
+    import closure.training.loop as loop
     from closure.data.streaming import closure_core
 
     tiny_config["model"]["features"] = ["gradient"]
@@ -80,8 +80,8 @@ def test_aposteriori_shares_the_apriori_normalization_and_optimizer(tmp_path, ti
     tiny_config["train"].update({"mode": "aposteriori", "unroll_steps": 5, "unroll_max_steps": 5,
                                  "unroll_batch": 1, "windows_per_epoch": 1})
     seen = []
-    step = unroll.optimizer_step
-    monkeypatch.setattr(unroll, "optimizer_step", lambda loss, model, opt, *a: (seen.append(opt), step(loss, model, opt, *a)))
+    step = loop.optimizer_step
+    monkeypatch.setattr(loop, "optimizer_step", lambda loss, model, opt, *a: (seen.append(opt), step(loss, model, opt, *a)))
     post = train_aposteriori(config_from_dict(tiny_config), tiny_dataset, tmp_path / "post", progress_enabled=False)
     a, b = closure_core(load_model(apriori / "model.pt")), closure_core(load_model(post / "model.pt"))
     assert a.input_mean.numel() == 3  # the field and its two gradient components

@@ -41,7 +41,6 @@ import json
 import math
 import os
 import socket
-import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -59,9 +58,10 @@ from closure.data.streaming import (Prefetcher, SampleStream, closure_core, fiel
 from closure.errors import ClosureError
 from closure.nn import build_model
 from closure.progress import log, progress
+from closure.training.loop import fit, new_state
 from closure.training.runs import (CHECKPOINT, as_config, check_dataset, default_run_dir, finish, fit_normalization,
                                    learning_rate_factor, load_init, made_for_run, make_optimizer, open_data,
-                                   optimizer_step, read_checkpoint, save_checkpoint, seed_everything, set_rng_state,
+                                   read_checkpoint, save_checkpoint, seed_everything, set_rng_state,
                                    trajectory_splits, write_history, write_run_start)
 from closure.training.unroll import train_aposteriori
 
@@ -117,7 +117,7 @@ def _barrier(world: int) -> None:
 
 
 # --------------------------------------------------------------------------- objective
-class _Objective(nn.Module):
+class _SquaredError(nn.Module):
     """Sum of squared errors of the normalized SGS term over a batch (what DDP wraps)."""
 
     def __init__(self, model: nn.Module, mode: str):
@@ -130,6 +130,38 @@ class _Objective(nn.Module):
             return ((pred - targets) ** 2).sum()
         core = closure_core(self.model)
         return (((self.model(inputs) - targets) / core.output_std) ** 2).sum()
+
+
+class PointwiseObjective:
+    """The a-priori objective of `closure.training.loop.fit`: the squared error of the normalized SGS
+    term on streamed batches (stencil points or whole fields), summed over the processes."""
+
+    def __init__(self, loss_module, stream, device, world: int, autocast, epoch_done, lr: float, validate):
+        self.loss_module, self.stream, self.device, self.world = loss_module, stream, device, world
+        self.autocast, self.epoch_done, self.lr, self._validate = autocast, epoch_done, lr, validate
+
+    def batches(self, epoch: int):
+        self.stream.set_epoch(epoch)
+        return Prefetcher(self.stream, depth=4, device=self.device)
+
+    def loss(self, batch):
+        inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+        with self.autocast():
+            local = self.loss_module(inputs, targets)
+        return local * (self.world / batch.total), float(local.detach()), batch.count
+
+    def reduce(self, summed: float, count: int):
+        return _all_reduce([summed, count], self.world, self.device)
+
+    def postfix(self, summed: float, count: int, seconds: float) -> dict:
+        return {"loss": summed / count, "rate": f"{count * self.world / max(seconds, 1e-9):.3g}/s"}
+
+    def validate(self, epoch: int, train_loss: float):
+        val_loss = self._validate()
+        if not math.isfinite(val_loss) or not math.isfinite(train_loss):
+            raise ClosureError(f"training diverged at epoch {epoch + 1} (loss {train_loss:.3g}); "
+                               f"lower train.lr={self.lr} or set train.grad_clip")
+        return val_loss, {}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -239,11 +271,11 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
     stream = SampleStream(ds, train_blocks, model, batch_size=tc.batch_size, samples=tc.samples_per_epoch,
                           seed=config.training_seed, mix=mix, rank=rank, world_size=world, mode=mode,
                           augment=config.model.symmetry == "augment", dtype=dtype)
-    objective = _Objective(model, mode)
+    squared_error = _SquaredError(model, mode)
     if world > 1:
-        ddp = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp = DistributedDataParallel(squared_error, device_ids=[device.index] if device.type == "cuda" else None)
     else:
-        ddp = objective
+        ddp = squared_error
 
     optimizer = make_optimizer(model, tc)
     steps_per_epoch = stream.batches_per_epoch()
@@ -252,8 +284,7 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
         optimizer, lambda s: learning_rate_factor(tc.schedule, s, total_steps))
 
     # state (fresh or resumed) ----------------------------------------------------------------
-    state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "stopped_early": False,
-             "history": [], "seconds": 0.0, "normalization": normalization}
+    state = new_state(normalization)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if checkpoint is not None:
         try:
@@ -274,58 +305,26 @@ def _train(config: Config, ds, data_source: str, run_dir: Path, resume: bool, in
     use_bf16 = bool(tc.bf16) and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
+    def epoch_done(row: dict, state: dict, best: dict) -> None:
+        if main and (state["epoch"] % tc.checkpoint_every == 0 or state["epoch"] == tc.epochs
+                     or state["stopped_early"]):
+            save_checkpoint(ckpt_path, config_yaml, model, optimizer, scheduler, best, state, purpose["dataset"])
+            write_history(run_dir / "history.csv", state["history"])
+        if main:
+            log.info("epoch %d/%d: train %.4g, validation %.4g (%.1f s)", row["epoch"], tc.epochs,
+                     row["train_loss"], row["validation_loss"], row["seconds"])
+        _barrier(world)
+        if callback is not None:
+            callback(dict(row))
+
+    objective = PointwiseObjective(
+        ddp, stream, device, world, autocast, epoch_done, tc.lr,
+        validate=lambda: _validation_loss(model, ds, val_blocks, val_stride, rank, world, device, dtype))
+
     # loop ---------------------------------------------------------------------------------------
     remaining = (tc.epochs - state["epoch"]) * steps_per_epoch if not state["stopped_early"] else 0
     with progress(total=remaining, desc="train", unit="batch", enabled=progress_enabled if main else False) as bar:
-        while state["epoch"] < tc.epochs and not state["stopped_early"]:
-            epoch = state["epoch"]
-            stream.set_epoch(epoch)
-            model.train()
-            t0 = time.time()
-            sse, count = 0.0, 0
-            for batch in Prefetcher(stream, depth=4, device=device):
-                inputs, targets = batch.inputs.to(device), batch.targets.to(device)
-                with autocast():
-                    local = ddp(inputs, targets)
-                optimizer_step(local * (world / batch.total), model, optimizer, scheduler, tc.grad_clip)
-                sse += float(local.detach())
-                count += batch.count
-                bar.update(1)
-                if count:
-                    bar.set_postfix(loss=sse / count, rate=f"{count * world / max(time.time() - t0, 1e-9):.3g}/s")
-            sse, count = _all_reduce([sse, count], world, device)
-            train_seconds = time.time() - t0
-            model.eval()
-            val_loss = _validation_loss(model, ds, val_blocks, val_stride, rank, world, device, dtype)
-            if not math.isfinite(val_loss) or not math.isfinite(sse):
-                raise ClosureError(f"training diverged at epoch {epoch + 1} (loss {sse / max(count, 1):.3g}); "
-                                   f"lower train.lr={tc.lr} or set train.grad_clip")
-            row = {"epoch": epoch + 1, "train_loss": sse / max(count, 1), "validation_loss": val_loss,
-                   "lr_factor": learning_rate_factor(tc.schedule, scheduler.last_epoch, total_steps),
-                   "samples": int(count), "seconds": round(time.time() - t0, 4),
-                   "samples_per_second": count / max(train_seconds, 1e-9)}
-            state["history"].append(row)
-            state["seconds"] += time.time() - t0
-            state["epoch"] = epoch + 1
-            if val_loss < state["best_loss"]:
-                state.update(best_loss=val_loss, best_epoch=epoch + 1, bad_epochs=0)
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                state["bad_epochs"] += 1
-                if tc.patience and state["bad_epochs"] >= tc.patience:
-                    state["stopped_early"] = True
-            bar.set_postfix(loss=row["train_loss"], val=val_loss, epoch=epoch + 1)
-            if main and (state["epoch"] % tc.checkpoint_every == 0 or state["epoch"] == tc.epochs
-                         or state["stopped_early"]):
-                save_checkpoint(ckpt_path, config_yaml, model, optimizer, scheduler, best_state, state,
-                                purpose["dataset"])
-                write_history(run_dir / "history.csv", state["history"])
-            if main:
-                log.info("epoch %d/%d: train %.4g, validation %.4g (%.1f s)", epoch + 1, tc.epochs,
-                         row["train_loss"], val_loss, row["seconds"])
-            _barrier(world)
-            if callback is not None:
-                callback(dict(row))
+        best_state = fit(objective, model, optimizer, scheduler, tc, state, bar, total_steps, best_state)
 
     # finish ---------------------------------------------------------------------------------------
     model.load_state_dict(best_state)

@@ -20,7 +20,6 @@ instead of every stage's intermediates.
 
 from __future__ import annotations
 
-import time as _time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,9 +35,10 @@ from closure.data.system import les_equation, trajectory_seeds
 from closure.errors import ClosureError
 from closure.nn import build_model
 from closure.progress import log, progress
+from closure.training.loop import fit, new_state
 from closure.training.runs import (as_config, check_dataset, default_run_dir, finish, fit_normalization,
                                    learning_rate_factor, load_init, made_for_run, make_optimizer, open_data,
-                                   optimizer_step, seed_everything, trajectory_splits, write_run_start)
+                                   seed_everything, trajectory_splits, write_run_start)
 
 __all__ = ["rollout", "trajectory_loss", "window_loss", "windows_loss"]
 
@@ -226,73 +226,84 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
         model = build_model(config.model, config.system.ndim, length=config.system.length, dtype=dtype, device=device)
         normalization = fit_normalization(model, ds, splits["train"], plan_blocks(ds, splits["train"]),
                                           config.model.symmetry)
-    model.train()
     optimizer = make_optimizer(model, tc)
     steps_per_epoch = max(1, tc.windows_per_epoch // tc.unroll_batch)
     total = steps_per_epoch * tc.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(tc.schedule, s, total))
-    generator = torch.Generator().manual_seed(config.training_seed)
-    cache: dict = {}
-    max_samples = min(curriculum(10 ** 6, tc.unroll_steps, tc.unroll_max_steps, per_sample), n_snap - 1)
-    val_windows = _fixed_windows(n_snap, max_samples, splits["validation"] or splits["train"])
-
-    def losses(windows, samples, grad: bool):
-        ref = _load_windows(ds, name, windows, samples, dtype, device)
-        eq = _window_equation(config, windows, ids, dtype, device, cache)
-        with torch.set_grad_enabled(grad):
-            per = window_loss(eq, model, ref, config.run.dt, per_sample, time=times[windows[0][1]],
-                              method=config.run.integrator, checkpoint_every=tc.gradient_checkpoint,
-                              spectral_weight=tc.spectral_loss)
-        return per
-
-    def validation() -> tuple[float, int]:
-        model.eval()
-        vals = [losses([w], max_samples, False) for w in val_windows]
-        model.train()
-        per = torch.cat(vals)
-        ok = ~is_blowup(per)
-        return (float(per[ok].mean()) if ok.any() else float("inf")), int((~ok).sum())
-
-    history, best = [], (float("inf"), None, 0)
-    skipped_total, t_start = 0, _time.time()
+    objective = UnrolledObjective(config, model, ds, name, ids, times, splits, per_sample, steps_per_epoch,
+                                  dtype, device)
+    state = new_state(dict(normalization or {}, mode="aposteriori", init=str(init) if init else None))
     with progress(total=total, desc="train (a-posteriori)", unit="batch", enabled=progress_enabled) as bar:
-        for epoch in range(tc.epochs):
-            samples = min(curriculum(epoch, tc.unroll_steps, tc.unroll_max_steps, per_sample), n_snap - 1)
-            t0, acc, count, skipped = _time.time(), 0.0, 0, 0
-            for _ in range(steps_per_epoch):
-                windows = _windows(n_snap, samples, splits["train"], generator, tc.unroll_batch,
-                                   same_start=config.system.forcing.per_trajectory)
-                per = losses(windows, samples, True)
-                bad = is_blowup(per)
-                skipped += int(bad.sum())
-                bar.update(1)
-                if bad.all():
-                    continue
-                loss = per[~bad].mean()
-                optimizer_step(loss, model, optimizer, scheduler, tc.grad_clip)
-                acc += float(loss.detach()) * int((~bad).sum())
-                count += int((~bad).sum())
-                bar.set_postfix(loss=acc / max(count, 1), K=samples * per_sample)
-            val, val_blown = validation()
-            skipped_total += skipped
-            history.append({"epoch": epoch + 1, "train_loss": acc / max(count, 1), "validation_loss": val,
-                            "lr_factor": learning_rate_factor(tc.schedule, scheduler.last_epoch, total),
-                            "samples": count, "seconds": round(_time.time() - t0, 4),
-                            "samples_per_second": count / max(_time.time() - t0, 1e-9),
-                            "unroll_steps": samples * per_sample, "skipped_windows": skipped,
-                            "validation_blowups": val_blown})
-            log.info("epoch %d/%d: unroll %d steps, train %.4g, validation %.4g, skipped %d", epoch + 1,
-                     tc.epochs, samples * per_sample, history[-1]["train_loss"], val, skipped)
-            if val < best[0]:
-                best = (val, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch + 1)
-    if best[1] is not None:
-        model.load_state_dict(best[1])
+        best_state = fit(objective, model, optimizer, scheduler, tc, state, bar, total)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    state = {"epoch": tc.epochs, "best_epoch": best[2], "best_loss": best[0], "stopped_early": False,
-             "seconds": _time.time() - t_start, "history": history,
-             "normalization": dict(normalization or {}, mode="aposteriori", init=str(init) if init else None,
-                                   skipped_windows=skipped_total)}
+    state["normalization"]["skipped_windows"] = objective.skipped_total
     finish(config, ds, run_dir, model, state, splits, splits_doc, source, 1, device, True, progress_enabled,
            title="a-posteriori training")
     ds.close()
     return run_dir
+
+
+class UnrolledObjective:
+    """The a-posteriori objective of `closure.training.loop.fit`: the trajectory loss of the LES unrolled
+    through the solver from random windows of the training trajectories (`window_loss`), the unroll
+    length growing by the `curriculum`; windows whose rollout blows up are skipped and counted."""
+
+    def __init__(self, config, model, ds, name: str, ids, times, splits, per_sample: int, steps_per_epoch: int,
+                 dtype, device):
+        tc = config.train
+        self.config, self.tc, self.model, self.ds, self.name = config, tc, model, ds, name
+        self.ids, self.times, self.splits, self.per_sample = ids, times, splits, per_sample
+        self.steps_per_epoch, self.dtype, self.device = steps_per_epoch, dtype, device
+        self.n_snap = ds.sizes["time"]
+        self.generator = torch.Generator().manual_seed(config.training_seed)
+        self.cache: dict = {}
+        self.max_samples = min(curriculum(10 ** 6, tc.unroll_steps, tc.unroll_max_steps, per_sample), self.n_snap - 1)
+        self.val_windows = _fixed_windows(self.n_snap, self.max_samples, splits["validation"] or splits["train"])
+        self.samples, self.skipped, self.skipped_total = 1, 0, 0
+
+    def _losses(self, windows, samples: int, grad: bool) -> torch.Tensor:
+        ref = _load_windows(self.ds, self.name, windows, samples, self.dtype, self.device)
+        eq = _window_equation(self.config, windows, self.ids, self.dtype, self.device, self.cache)
+        with torch.set_grad_enabled(grad):
+            return window_loss(eq, self.model, ref, self.config.run.dt, self.per_sample,
+                               time=self.times[windows[0][1]], method=self.config.run.integrator,
+                               checkpoint_every=self.tc.gradient_checkpoint, spectral_weight=self.tc.spectral_loss)
+
+    def batches(self, epoch: int):
+        tc = self.tc
+        self.samples = min(curriculum(epoch, tc.unroll_steps, tc.unroll_max_steps, self.per_sample), self.n_snap - 1)
+        self.skipped = 0
+        for _ in range(self.steps_per_epoch):
+            yield _windows(self.n_snap, self.samples, self.splits["train"], self.generator, tc.unroll_batch,
+                           same_start=self.config.system.forcing.per_trajectory)
+
+    def loss(self, windows):
+        per = self._losses(windows, self.samples, True)
+        bad = is_blowup(per)
+        self.skipped += int(bad.sum())
+        if bad.all():
+            return None
+        loss = per[~bad].mean()
+        n_ok = int((~bad).sum())
+        return loss, float(loss.detach()) * n_ok, n_ok
+
+    def reduce(self, summed: float, count: int):
+        return summed, count
+
+    def postfix(self, summed: float, count: int, seconds: float) -> dict:
+        return {"loss": summed / count, "K": self.samples * self.per_sample}
+
+    def validate(self, epoch: int, train_loss: float):
+        per = torch.cat([self._losses([w], self.max_samples, False) for w in self.val_windows])
+        ok = ~is_blowup(per)
+        val = float(per[ok].mean()) if ok.any() else float("inf")
+        self.skipped_total += self.skipped
+        return val, {"unroll_steps": self.samples * self.per_sample, "skipped_windows": self.skipped,
+                     "validation_blowups": int((~ok).sum())}
+
+    def epoch_done(self, row: dict, state: dict, best_state) -> None:
+        log.info("epoch %d/%d: unroll %d steps, train %.4g, validation %.4g, skipped %d", row["epoch"],
+                 self.tc.epochs, row["unroll_steps"], row["train_loss"], row["validation_loss"],
+                 row["skipped_windows"])
