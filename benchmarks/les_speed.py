@@ -38,7 +38,11 @@ from closure.config import load_config, resolve_device, resolve_dtype  # noqa: E
 from closure.data.system import dns_equation, les_equation, trajectory_seeds  # noqa: E402
 
 SECTION = "## Coupled LES"
-MODELS = ("none", "smagorinsky", "dynamic_smagorinsky", "leith", "learned")
+MODELS = ("none", "smagorinsky", "dynamic_smagorinsky", "leith")
+# other learned closures timed besides the config's (the previous default first)
+EXTRA = ({"type": "mlp", "stencil": 5, "hidden": [128, 128], "features": ["dealias_residual", "gradient"]},
+         {"type": "cnn", "stencil": 3, "hidden": [8, 8], "features": []},
+         {"type": "cnn", "stencil": 3, "hidden": [16, 16], "features": ["dealias_residual", "gradient"]})
 
 
 def _sync(device):
@@ -46,23 +50,30 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(equation, state, dt, closure, method, min_steps=5, budget_s=1.5, max_steps=400) -> float:
-    """Median-free simple timing: ms per step of ``equation.simulate`` (after a warm-up)."""
+def time_steps(equation, state, dt, closure, method, min_steps=5, budget_s=1.5, max_steps=400,
+               per_stage=True) -> float:
+    """ms per step of ``equation.simulate`` (after a warm-up): the best of three timed runs.
+
+    Timed in process CPU time (``time.process_time``): with one torch thread that is the
+    step's compute, unaffected by other jobs that share the cores (the wall clock on a
+    loaded machine is several times larger and varies between runs).
+    """
+    def go(steps):
+        equation.simulate(state, dt=dt, steps=steps, closure=closure, method=method, closure_per_stage=per_stage)
+        _sync(state.device)
+
     with torch.no_grad():
-        equation.simulate(state, dt=dt, steps=2, closure=closure, method=method)  # warm-up (plans, caches)
-        _sync(state.device)
+        go(2)  # warm-up (plans, caches, compilation)
         # calibrate the number of steps to the budget
-        start = time.perf_counter()
-        equation.simulate(state, dt=dt, steps=min_steps, closure=closure, method=method)
-        _sync(state.device)
-        per = (time.perf_counter() - start) / min_steps
+        start = time.process_time()
+        go(min_steps)
+        per = (time.process_time() - start) / min_steps
         steps = int(max(min_steps, min(max_steps, budget_s / max(per, 1e-6))))
         best = float("inf")
         for _ in range(3):  # best of three (other processes may steal the cores)
-            start = time.perf_counter()
-            equation.simulate(state, dt=dt, steps=steps, closure=closure, method=method)
-            _sync(state.device)
-            best = min(best, (time.perf_counter() - start) / steps)
+            start = time.process_time()
+            go(steps)
+            best = min(best, (time.process_time() - start) / steps)
     return 1e3 * best
 
 
@@ -72,19 +83,44 @@ def random_state(config, grid, batch):
     return initial_state(config, grid, trajectory_seeds(config, range(batch)))
 
 
-def learned_closure(config, equation, hidden=None):
+def learned_closure(config, equation, overrides=None, compiled=False):
+    """A freshly initialised closure of the config's ``model:`` section (with ``overrides``)."""
+    from closure.les.coupled import compile_closure
     from closure.nn import build_model
 
-    section = config.model if hidden is None else config.model.model_copy(
-        update={"hidden": list(hidden), "gammas": [1.0] * len(hidden)})
+    section = config.model.model_copy(update=dict(overrides or {}))
+    if len(section.gammas) != len(section.hidden):
+        section = section.model_copy(update={"gammas": [1.0] * len(section.hidden)})
     model = build_model(section, equation.grid.ndim, length=config.system.length)
     model = model.to(device=equation.device, dtype=equation.dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
+    return compile_closure(model) if compiled else model
 
 
-def run(config, batches, device, dtype, extra_hidden=()):
+def describe(section) -> str:
+    kind = f"{section.type} {section.stencil}x{section.stencil}"
+    return f"{kind} {list(section.hidden)} {'+'.join(section.features) or 'field only'}"
+
+
+def variants(config, extra, compiled):
+    """(label, overrides, per_stage, compile) of every learned row."""
+    rows = []
+    default = describe(config.model)
+    for per_stage in (True, False):
+        rows.append((f"learned (config: {default}), {'per stage' if per_stage else 'once per step'}",
+                     {}, per_stage, False))
+    if compiled:
+        rows.append((f"learned (config: {default}), once per step, torch.compile", {}, False, True))
+    for overrides in extra:
+        section = config.model.model_copy(update=overrides)
+        for per_stage in (True, False):
+            rows.append((f"learned {describe(section)}, {'per stage' if per_stage else 'once per step'}",
+                         overrides, per_stage, False))
+    return rows
+
+
+def run(config, batches, device, dtype, extra=(), compiled=False):
     rows, dns_rows = [], {}
     for batch in batches:
         dns = dns_equation(config, dtype=dtype, device=device, seeds=trajectory_seeds(config, range(batch)))
@@ -95,14 +131,14 @@ def run(config, batches, device, dtype, extra_hidden=()):
         les = les_equation(config, dtype=dtype, device=device, seeds=trajectory_seeds(config, range(batch)))
         v = random_state(config, les.grid, batch).to(device=device, dtype=dtype)
         base = None
-        variants = [(name, None) for name in MODELS] + [(f"learned {list(h)}", h) for h in extra_hidden]
-        for name, hidden in variants:
-            if name.startswith("learned"):
-                closure = learned_closure(config, les, hidden)
+        cases = [(name, None, True, False) for name in MODELS] + variants(config, extra, compiled)
+        for name, overrides, per_stage, compile_it in cases:
+            if overrides is not None:
+                closure = learned_closure(config, les, overrides, compile_it)
             else:
                 closure = make_closure(name, les, config)
             solver_closure = None if name == "none" else closure
-            ms = time_steps(les, v, config.run.dt, solver_closure, config.run.integrator)
+            ms = time_steps(les, v, config.run.dt, solver_closure, config.run.integrator, per_stage=per_stage)
             base = ms if name == "none" else base
             speedup = (dns_ms / config.dns.dt) / (ms / config.run.dt)
             rows.append({"batch": batch, "model": name, "ms_step": ms, "ms_step_traj": ms / batch,
@@ -117,8 +153,8 @@ def table(config, rows, dns_rows, device, threads) -> str:
         f" vs DNS {c.dns.resolution}^{c.system.ndim if c.system.ndim > 1 else ''} ({c.dns.integrator}, dns.dt = "
         f"{c.dns.dt:g}), {c.dtype}, device {device}, torch {torch.__version__}, {threads} thread(s), "
         f"{platform.processor() or platform.machine()}, load average {_load()} on {_cores()} cores. "
-        f"Learned closure: a freshly initialised {c.model.type} (stencil {c.model.stencil}, hidden "
-        f"{c.model.hidden}, features {c.model.features or 'none'}).",
+        f"Learned closures: freshly initialised networks (the weights do not change the cost); "
+        f"'per stage' = the closure at each integrator stage, 'once per step' = `run.closure_per_stage: false`.",
         "",
         "| batch | model | ms / step | ms / step / trajectory | x no-model LES | speed-up vs DNS (per model time) |",
         "|---|---|---|---|---|---|",
@@ -183,19 +219,18 @@ def write_section(path: Path, body: str, command: str) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--batches", type=int, nargs="+", default=[2, 16])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--extra-hidden", nargs="*", default=["16,16"], metavar="N1,N2",
-                   help="also time learned closures with these hidden widths (default 16,16)")
+    p.add_argument("--compile", action="store_true", help="also time the config's closure under torch.compile")
+    p.add_argument("--no-extra", action="store_true", help="time only the config's learned closure")
     p.add_argument("--write", default=None, help="Markdown file whose '## Coupled LES' section is replaced")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = load_config(args.config, args.set)
     device, dtype = resolve_device(args.device), resolve_dtype(config.dtype)
-    extra = [tuple(int(v) for v in h.split(",")) for h in args.extra_hidden]
-    rows, dns_rows = run(config, args.batches, device, dtype, extra)
+    rows, dns_rows = run(config, args.batches, device, dtype, () if args.no_extra else EXTRA, args.compile)
     body = table(config, rows, dns_rows, device, args.threads)
     print(body)
     if args.write:
@@ -203,7 +238,8 @@ def main(argv=None):
         command = " ".join(["python benchmarks/les_speed.py", "--config", str(rel.relative_to(ROOT) if rel.is_absolute()
                                                                              and ROOT in rel.parents else rel),
                             "--batches", *map(str, args.batches), "--threads", str(args.threads),
-                            "--device", args.device, *sum((["--set", s] for s in args.set), [])])
+                            "--device", args.device, *(["--compile"] if args.compile else []),
+                            *sum((["--set", s] for s in args.set), [])])
         write_section(Path(args.write), body, command)
 
 

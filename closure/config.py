@@ -330,6 +330,11 @@ class RunConfig(Section):
     dt: PositiveFloat = 1.0e-2
     models: list[str] = Field(default_factory=lambda: ["none", "smagorinsky", "learned"])
     integrator: Literal["etdrk4", "cnrk4"] = "etdrk4"
+    # the closure at every integrator stage (true) or once per step, held over the stages (false:
+    # 1/4 of the closure's cost with ETDRK4; the closure term becomes first order in time)
+    closure_per_stage: bool = True
+    # torch.compile the learned closure's network in the coupled LES (eager if compiling fails)
+    compile: bool = False
     smagorinsky_cs: PositiveFloat = 0.17
     leith_cl: PositiveFloat = 0.2
     # the plain-solver resolution ladder (closure/les/ladder.py): factors of les.resolution ([] = off)

@@ -14,8 +14,8 @@ from solvers.forcing import (BandForcing, Forcing, Guan, Kolmogorov, LinearForci
                              solenoidal_projection)
 from solvers.initial import (abc_flow, random_solenoidal_velocity, random_velocity, random_vorticity,
                              taylor_green_vortex)
-from solvers.integrators import (STEPPERS, BlowUpError, CrankNicolsonRK4, ETDRK4, make_stepper, simulate,
-                                 simulate_checkpointed)
+from solvers.integrators import (STEPPERS, BlowUpError, CrankNicolsonRK4, ETDRK4, HeldTendency, make_stepper,
+                                 simulate, simulate_checkpointed)
 from solvers.navier_stokes import NavierStokes2D
 from solvers.navier_stokes_3d import NavierStokes3D
 from solvers.spectral import SpectralGrid
@@ -28,5 +28,5 @@ __all__ = [
     "solenoidal_projection",
     "random_vorticity", "random_velocity", "random_solenoidal_velocity", "taylor_green_vortex", "abc_flow",
     "ETDRK4", "CrankNicolsonRK4", "STEPPERS", "make_stepper", "BlowUpError", "simulate",
-    "simulate_checkpointed", "CFL",
+    "simulate_checkpointed", "CFL", "HeldTendency",
 ]

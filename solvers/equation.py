@@ -25,7 +25,7 @@ from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 import torch
 
 from solvers.forcing import Forcing
-from solvers.integrators import make_stepper, simulate
+from solvers.integrators import HeldTendency, make_stepper, simulate
 from solvers.spectral import SpectralGrid
 
 Closure = Callable[[torch.Tensor], torch.Tensor]
@@ -128,7 +128,9 @@ class SpectralEquation:
         f = self.forcing_hat(t)
         if f is not None:
             out, owned = _accumulate(out, f, owned), True
-        if closure is not None:
+        if isinstance(closure, HeldTendency):  # the closure held over a step (closure_per_stage=False)
+            out = _accumulate(out, closure.value_hat, owned)
+        elif closure is not None:
             state = self.grid.to_physical(state_hat)
             out = _accumulate(out, self.grid.to_spectral(closure(state)), owned)
         return out
@@ -157,7 +159,8 @@ class SpectralEquation:
     def simulate(self, state: torch.Tensor, dt, steps: Optional[int] = None, closure: Optional[Closure] = None,
                  save_every: Optional[int] = None, *, time: float = 0.0, method: str = "etdrk4",
                  save_at: Optional[Sequence[int]] = None, save_times: Optional[Sequence[float]] = None,
-                 on_save=None, on_step=None, check_every: Optional[int] = None) -> torch.Tensor:
+                 on_save=None, on_step=None, check_every: Optional[int] = None,
+                 closure_per_stage: bool = True) -> torch.Tensor:
         """Integrate ``steps`` steps of size ``dt`` from ``state`` at model time ``time``
         (or, with ``dt=solvers.CFL(...)``, adaptive steps up to the last of ``save_times``).
 
@@ -168,7 +171,7 @@ class SpectralEquation:
         """
         return simulate(self, state, dt, steps, closure=closure, save_every=save_every, time=time,
                         method=method, save_at=save_at, save_times=save_times, on_save=on_save,
-                        on_step=on_step, check_every=check_every)
+                        on_step=on_step, check_every=check_every, closure_per_stage=closure_per_stage)
 
     def stepper(self, method: str, dt: float):
         """The (cached) time stepper of ``method`` for step ``dt``."""

@@ -163,3 +163,52 @@ def test_run_les_errors(tiny_config, tiny_dataset, tmp_path):
 def test_time_dns_is_positive(tiny_config):
     config = config_from_dict(tiny_config)
     assert time_dns(config, 2, torch.device("cpu"), torch.float32, max_steps=2) > 0
+
+
+def test_compile_closure_falls_back_to_eager_when_compiling_fails(monkeypatch, caplog):
+    """run.compile wraps the network; a compiler failure logs one warning and the result is the eager one."""
+    from closure.les import coupled
+    from closure.nn import build_model
+
+    model = build_model({"type": "cnn", "stencil": 3, "hidden": [4, 4], "gammas": [1.0, 1.0]}, 2).eval()
+    state = torch.randn(2, 8, 8)
+    with torch.no_grad():
+        expected = model(state)
+
+    def broken_compile(fn, **kwargs):
+        def run(x):
+            raise RuntimeError("no C++ compiler\nsecond line")
+        return run
+
+    monkeypatch.setattr(coupled.torch, "compile", broken_compile)
+    compiled = coupled.compile_closure(model)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="closure.les.coupled"):
+        torch.testing.assert_close(compiled(state), expected)
+        torch.testing.assert_close(compiled(state), expected)
+    assert [r.getMessage() for r in caplog.records] == [
+        "torch.compile of the closure failed (RuntimeError: no C++ compiler); running eagerly"]
+    assert coupled.compile_closure("smagorinsky") == "smagorinsky"
+
+
+def test_closure_per_stage_option_reaches_the_solver(tiny_config, tiny_dataset, tmp_path, monkeypatch):
+    """run.closure_per_stage: false runs the closure once per step in run_les (and records it)."""
+    import solvers as eq_mod
+    from closure.nn import build_model, save_model
+
+    config = _config(tiny_config, closure_per_stage=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_model(run_dir / "model.pt", build_model(config.model, 2, length=config.system.length))
+    held = []
+    original = eq_mod.HeldTendency.__init__
+
+    def spy(self, value_hat):
+        held.append(value_hat.shape)
+        original(self, value_hat)
+
+    monkeypatch.setattr(eq_mod.HeldTendency, "__init__", spy)
+    path = run_les(config, str(run_dir), tiny_dataset, tmp_path / "held.nc", show_progress=False)
+    with xr.open_dataset(path) as out:
+        steps = int(round(config.dns.sample_interval / config.run.dt)) * (out.sizes["time"] - 1)
+        assert out.attrs["closure_per_stage"] == 0
+    assert len(held) == steps

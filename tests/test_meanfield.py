@@ -420,3 +420,17 @@ def test_coordinate_check_is_flat_in_width(gammas):
     if gammas[-1] > 0.5:  # |g| at init is N^(1/2 - gamma) by design: check it after training only
         slopes = np.delete(slopes, len(gammas))
     assert np.all(np.abs(slopes) < 0.15), slopes.round(3)
+
+
+def test_tanh_activation_is_tanh_with_and_without_autograd():
+    """The sigmoid form of tanh (fast on the CPU) equals torch.tanh, values and derivative."""
+    from closure.nn.meanfield import tanh
+
+    x = torch.linspace(-30, 30, 2001, dtype=torch.float64, requires_grad=True)
+    y = tanh(x)
+    torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=1e-15)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, 1 - torch.tanh(x.detach()) ** 2, rtol=0, atol=1e-14)
+    with torch.no_grad():
+        z = x.detach().float()
+        torch.testing.assert_close(tanh(z), torch.tanh(z), rtol=0, atol=3e-7)

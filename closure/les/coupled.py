@@ -74,7 +74,7 @@ from closure.progress import progress
 log = logging.getLogger("closure.les.coupled")
 
 __all__ = ["run_les", "made_by", "test_trajectories", "les_config", "time_dns", "model_label", "LESResult",
-           "integrate", "dns_cost", "warm_up", "write_atomic", "cpu_threads"]
+           "integrate", "dns_cost", "warm_up", "write_atomic", "cpu_threads", "compile_closure"]
 
 
 _DNS_COST: dict = {}  # (DNS setup, batch, device, dtype) -> seconds per unit model time
@@ -221,12 +221,44 @@ def warm_up(equation, closure, state: torch.Tensor, dt: float, t0: float, method
     _sync(state.device)
 
 
+def compile_closure(closure):
+    """``torch.compile`` the network part of a learned closure (its ``predict``), in place; returns it.
+
+    Only the real-valued network is compiled (TorchInductor has no complex codegen, so the
+    spectral features and the solver stay eager). Compilation happens at the first call
+    (~20 s for a small network on one CPU thread, again for each new batch size); if it
+    fails the closure logs one warning and runs eagerly. Baselines are returned unchanged.
+    """
+    from closure.nn.features import FieldClosure
+
+    if not isinstance(closure, FieldClosure):
+        return closure
+    eager = closure.predict
+    current = {"fn": torch.compile(eager, dynamic=False)}
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return current["fn"](x)
+        except Exception as exc:  # compiler missing or unsupported op: fall back once
+            if current["fn"] is eager:
+                raise
+            log.warning("torch.compile of the closure failed (%s: %s); running eagerly",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            current["fn"] = eager
+            return eager(x)
+
+    closure.predict = predict
+    return closure
+
+
 def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: int, saves: int,
-              t0: float = 0.0, method: str = "etdrk4", desc: str = "les", show_progress: Optional[bool] = None
-              ) -> LESResult:
+              t0: float = 0.0, method: str = "etdrk4", desc: str = "les", show_progress: Optional[bool] = None,
+              closure_per_stage: bool = True) -> LESResult:
     """Run ``saves`` intervals of ``save_every`` steps from ``initial`` (batch, *grid); drop blow-ups.
 
-    Returns numpy arrays (NaN after a member's blow-up) and the wall time of the stepping.
+    ``closure_per_stage=False`` evaluates the closure once per step, held over the
+    integrator's stages (`solvers.equation.HeldTendency`). Returns numpy arrays (NaN
+    after a member's blow-up) and the wall time of the stepping.
     """
     closure = NoClosure() if closure is None else closure
     # the zero closure costs two FFTs per stage inside the solver: pass None there
@@ -256,7 +288,7 @@ def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: i
                     start = _time.perf_counter()
                     try:
                         new = equation.simulate(state, dt=dt, steps=save_every, closure=solver_closure, time=t,
-                                                method=method)
+                                                method=method, closure_per_stage=closure_per_stage)
                         _sync(state.device)
                         seconds += _time.perf_counter() - start
                         steps += save_every
@@ -405,13 +437,16 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     closure = make_closure(model_str, equation, cfg)
     if isinstance(closure, torch.nn.Module):
         closure = closure.to(device=device).eval()
+        if run.compile:
+            closure = compile_closure(closure)
 
     log.info("les %s: %d trajectories %s, %d steps of dt=%g on %s", label, len(ids), ids, saves * save_every,
              run.dt, device)
     with cpu_threads(device, cfg.les.resolution) as threads:
         n_threads = torch.get_num_threads()
         result = integrate(equation, closure, state, run.dt, save_every, saves, t0=t0, method=run.integrator,
-                           desc=f"les {label}", show_progress=show_progress)
+                           desc=f"les {label}", show_progress=show_progress,
+                           closure_per_stage=run.closure_per_stage)
 
     # ---------------------------------------------------------------- cost
     les_spmt = result.seconds / result.model_time if result.model_time > 0 else float("nan")
@@ -433,6 +468,7 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
         "dt": float(run.dt),
         "dns_dt": "auto" if data_config.dns.adaptive else float(data_config.dns.dt),
         "integrator": run.integrator,
+        "closure_per_stage": int(run.closure_per_stage),
         "reference": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
         "reference_identity": identity,
         "test_trajectories": json.dumps(ids),

@@ -37,6 +37,8 @@ from closure.nn.stencil import check_stencil
 
 def periodic_pad(x: torch.Tensor, r: int, ndim: int) -> torch.Tensor:
     """Wrap-around padding of r points on both sides of the last ``ndim`` axes (any grid size)."""
+    if 0 < r <= min(x.shape[-ndim:]):  # torch's circular pad (one kernel; it needs r <= n)
+        return F.pad(x, (r, r) * ndim, mode="circular")
     for axis in range(x.dim() - ndim, x.dim()):
         n = x.shape[axis]
         idx = torch.arange(-r, n + r, device=x.device) % n

@@ -45,8 +45,11 @@ __all__ = ["rollout", "trajectory_loss", "window_loss", "windows_loss"]
 
 def rollout(equation, closure: Optional[Callable], field: torch.Tensor, dt: float, steps: int,
             save_every: int, *, time: float = 0.0, method: str = "etdrk4",
-            checkpoint_every: Optional[int] = 1) -> torch.Tensor:
+            checkpoint_every: Optional[int] = 1, closure_per_stage: bool = True) -> torch.Tensor:
     """Differentiable LES trajectory ``(batch, steps // save_every + 1, *shape)`` from ``field``.
+
+    ``closure_per_stage=False``: the closure once per step, held over the stages, as in
+    the coupled LES with ``run.closure_per_stage: false``.
 
     The solver's `solvers.simulate_checkpointed`: with ``checkpoint_every=g`` (and
     autograd recording) each group of ``g`` steps is recomputed in the backward
@@ -55,7 +58,7 @@ def rollout(equation, closure: Optional[Callable], field: torch.Tensor, dt: floa
     disables checkpointing.
     """
     return simulate_checkpointed(equation, field, dt, steps, closure, save_every, time, method,
-                                 checkpoint_every=checkpoint_every)
+                                 checkpoint_every=checkpoint_every, closure_per_stage=closure_per_stage)
 
 
 def _isotropic_spectrum(field: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -105,11 +108,12 @@ def trajectory_loss(prediction: torch.Tensor, reference: torch.Tensor, ndim: int
 
 def window_loss(equation, closure, reference: torch.Tensor, dt: float, steps_per_sample: int, *,
                 time: float = 0.0, method: str = "etdrk4", checkpoint_every: Optional[int] = 1,
-                spectral_weight: float = 0.0) -> torch.Tensor:
+                spectral_weight: float = 0.0, closure_per_stage: bool = True) -> torch.Tensor:
     """Loss per member of the LES started from ``reference[:, 0]`` against ``reference[:, 1:]``."""
     samples = reference.shape[1] - 1
     prediction = rollout(equation, closure, reference[:, 0], dt, samples * steps_per_sample, steps_per_sample,
-                         time=time, method=method, checkpoint_every=checkpoint_every)
+                         time=time, method=method, checkpoint_every=checkpoint_every,
+                         closure_per_stage=closure_per_stage)
     return trajectory_loss(prediction, reference, equation.grid.ndim, spectral_weight)
 
 
@@ -269,7 +273,8 @@ class UnrolledObjective:
         with torch.set_grad_enabled(grad):
             return window_loss(eq, self.model, ref, self.config.run.dt, self.per_sample,
                                time=self.times[windows[0][1]], method=self.config.run.integrator,
-                               checkpoint_every=self.tc.gradient_checkpoint, spectral_weight=self.tc.spectral_loss)
+                               checkpoint_every=self.tc.gradient_checkpoint, spectral_weight=self.tc.spectral_loss,
+                               closure_per_stage=self.config.run.closure_per_stage)
 
     def batches(self, epoch: int):
         tc = self.tc
