@@ -42,10 +42,11 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
 
     torch's CPU tanh kernel is ~20x slower than its sigmoid (docs/performance.md,
     "Coupled LES"): with this form the activation stops dominating a small network's
-    cost inside the LES. Without autograd recording the affine part runs in place.
+    cost inside the LES. In no-grad mode the affine part runs in place (with grad mode
+    on it never does: functorch transforms hide ``requires_grad``).
     """
     s = torch.sigmoid(2.0 * x)
-    if torch.is_grad_enabled() and s.requires_grad:
+    if torch.is_grad_enabled():
         return 2.0 * s - 1.0
     return s.mul_(2.0).sub_(1.0)
 
