@@ -1,14 +1,15 @@
 """Coupled-LES speed: ms per step per trajectory of each closure, and the speed-up over the DNS.
 
-    python benchmarks/les_speed.py [--config configs/quickstart.yaml] [--batches 1 16]
+    python benchmarks/les_speed.py [--config configs/quickstart.yaml] [--batches 2 16] [--compile]
                                    [--threads 1] [--device cpu] [--write docs/performance.md]
 
 For the config's LES (resolution, integrator ``run.integrator``, step ``run.dt``)
-it times ``equation.simulate`` (the loop `closure les` uses: the closure called
-at every integrator stage, the non-finite check every step) with no closure,
-Smagorinsky, dynamic Smagorinsky, Leith and a learned closure (a freshly
-initialised network of the config's ``model:`` section; the weights do not
-change the cost), at each batch size, and the DNS (``dns.resolution``,
+it times ``equation.simulate`` (the loop `closure les` uses, the non-finite
+check every step) with no closure, Smagorinsky, dynamic Smagorinsky, Leith and
+learned closures (freshly initialised networks of the config's ``model:``
+section and of the variants in ``EXTRA``; the weights do not change the cost),
+each called at every integrator stage and once per step
+(``run.closure_per_stage``), at each batch size, and the DNS (``dns.resolution``,
 ``dns.dt``, ``dns.integrator``) at the same batch sizes. Reported:
 
 - ms per step per trajectory (the batch's step time divided by the batch);
@@ -41,8 +42,7 @@ SECTION = "## Coupled LES"
 MODELS = ("none", "smagorinsky", "dynamic_smagorinsky", "leith")
 # other learned closures timed besides the config's (the previous default first)
 EXTRA = ({"type": "mlp", "stencil": 5, "hidden": [128, 128], "features": ["dealias_residual", "gradient"]},
-         {"type": "cnn", "stencil": 3, "hidden": [8, 8], "features": []},
-         {"type": "cnn", "stencil": 3, "hidden": [16, 16], "features": ["dealias_residual", "gradient"]})
+         {"type": "cnn", "stencil": 3, "hidden": [8, 8], "features": []})
 
 
 def _sync(device):
@@ -186,20 +186,30 @@ def _cores() -> int:
 
 
 READING = """
-Reading: the learned closure is evaluated at each of the 4 ETDRK4 stages of every step, on every
-grid point. Its cost per point per evaluation is the MLP's (stencil^2 x channels inputs, two hidden
-layers, tanh): with hidden [128, 128] and 3 input channels that is ~26k multiply-adds and 256 tanh
-per point, while the whole no-closure LES step costs ~0.1 us per point at batch 16. The learned LES
-is therefore compute-bound on the network and 1-2 orders of magnitude slower than the no-closure
-LES on this CPU; the target "learned <= 2x no-model LES at batch 16" is NOT met and cannot be met
-on a CPU by this network at 32^2 (even [16, 16] is ~20x). Batching does not help a compute-bound
-MLP on one thread. What would: a GPU (the MLP becomes a few large GEMMs), a smaller or
-convolutional network, evaluating the closure once per step instead of per stage (first order in
-time for the closure term), or bf16. The classical closures cost 2-3x (Smagorinsky, Leith: 6
-extra FFTs per stage) and ~6-7x (dynamic: test filtering, two nonlinear terms, two model terms).
-The stencil patches are gathered by circular padding + unfold (4x faster than an index gather).
-The machine was shared with other jobs during these runs: absolute times are pessimistic and
-vary by ~2x between runs; the ratios within one run are more reliable.
+Reading (process CPU time, so the ratios hold on a shared machine; the wall clock on the loaded
+2-core VM was 2-4x larger):
+
+- The default learned closure is now a 3x3 mean-field CNN with channels [8, 8] on the vorticity,
+  its dealias residual and gradient (~1.6k flops per point), instead of 5x5 patches into an MLP
+  [128, 128] (~26k flops per point): the learned step is 4x (batch 2) to 10x (batch 16) cheaper.
+  About half of the CNN closure's cost is its inputs: the dealias residual is a nonlinear term on
+  the 48^2 grid (the field-only rows).
+- The target "learned step <= 2x the no-closure step" is NOT met: 19-21x per stage, 6x once per
+  step. The no-closure step is only 0.05-0.15 ms per trajectory (4 stages of pruned 32^2 FFTs
+  on the kept columns), less than one evaluation of any network with these inputs.
+- Evaluating the closure once per step (`run.closure_per_stage: false`) is 3x cheaper per step
+  but costs accuracy (docs/results.md). What keeps the accuracy is the step: the learned LES
+  gives the same scores at dt = 0.1 as at dt = 0.01, so its cost per model time at dt = 0.1 is
+  ~2x the no-closure LES at the demo's dt = 0.01 (6.57 / 0.1 vs 0.308 / 0.01 ms at batch 2,
+  13.8 / 0.1 vs 0.728 / 0.01 at batch 16). The no-closure LES is also as accurate at larger
+  steps, so per model time at equal steps the ratio stays the per-step one.
+- `torch.compile` of the network (`run.compile`; `--compile` here) gained 1.1-2x on the network
+  alone in separate measurements (the spectral features stay eager: no complex codegen), at
+  ~20 s of compilation per batch size on this CPU: worth it only for long runs.
+- torch's CPU `tanh` is ~20x slower than its `sigmoid` here; the networks use the identity
+  tanh(x) = 2 sigmoid(2x) - 1 (same values to 2e-7 in float32).
+- The classical closures cost ~4x the no-closure step (Smagorinsky, Leith: extra FFTs per stage)
+  and ~10x (dynamic: test filtering, two nonlinear terms, two model terms).
 """
 
 
