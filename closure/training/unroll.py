@@ -188,7 +188,8 @@ def windows_loss(closure, config, ds, windows, samples: int, per_sample: int, *,
         with torch.set_grad_enabled(grad):
             per = window_loss(eq, closure, ref, config.run.dt, per_sample, time=times[start],
                               method=config.run.integrator, checkpoint_every=config.train.gradient_checkpoint,
-                              spectral_weight=config.train.spectral_loss)
+                              spectral_weight=config.train.spectral_loss,
+                              closure_per_stage=config.run.closure_per_stage)
         if is_blowup(per.detach()).any():
             return torch.full((), float("inf"), dtype=torch.float64, device=device)
         total = total + per.to(torch.float64).sum()
