@@ -69,6 +69,7 @@ from closure.les.baselines import BASELINES, CALIBRATION_FILE, NoClosure, is_bas
 from closure.config import Config, resolve_device, resolve_dtype
 from closure import storage
 from closure.errors import ClosureError
+from closure.nn.features import FieldClosure
 from closure.progress import progress
 
 log = logging.getLogger("closure.les.coupled")
@@ -229,8 +230,6 @@ def compile_closure(closure):
     (~20 s for a small network on one CPU thread, again for each new batch size); if it
     fails the closure logs one warning and runs eagerly. Baselines are returned unchanged.
     """
-    from closure.nn.features import FieldClosure
-
     if not isinstance(closure, FieldClosure):
         return closure
     eager = closure.predict
