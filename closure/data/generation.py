@@ -41,7 +41,7 @@ import xarray as xr
 from solvers import CFL, BlowUpError
 
 from closure.data import dataset as ds_io
-from closure.data.parallelism import choose_layout
+from closure.data.parallelism import choose_layout, dask_client
 from closure.data.sgs import sgs_hat
 from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
 from closure.config import Config, config_from_yaml, config_to_yaml, resolve_device, resolve_dtype
@@ -279,26 +279,11 @@ def _run_in_process(config: Config, todo, steps_per_traj: int, progress: Optiona
 
 
 def _run_dask(config: Config, todo, scheduler: Optional[str], layout, progress: Optional[bool]):
-    import dask
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
     cluster = None
     try:
-        if scheduler is not None:
-            try:
-                client = Client(scheduler, timeout="20s")
-            except (OSError, TimeoutError) as exc:
-                raise ClosureError(f"--scheduler {scheduler}: cannot connect ({exc.__class__.__name__})") from None
-        else:
-            # dask's workers start with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
-            # adaptive mmap threshold: every array above 128 KiB is then mapped and zeroed
-            # afresh, and a solver step (tens of such temporaries) ran ~5x slower
-            environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
-                       if k != "MALLOC_TRIM_THRESHOLD_"}
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-                cluster = LocalCluster(n_workers=layout.workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1")
-            client = Client(cluster)
+        client, cluster = dask_client(scheduler, None if layout is None else layout.workers)
         text = config_to_yaml(config)
         with client:
             # parts are written by the workers: with --scheduler the output folder must be on a file

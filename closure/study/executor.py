@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from closure.config import Config
+from closure.data.parallelism import dask_client
 from closure import storage
-from closure.errors import ClosureError
 from closure.study.grid import RESULT_FORMAT, Run, depth_of
 from closure.study.run import task
 
@@ -77,19 +77,8 @@ class SerialExecutor:
 
 class DaskExecutor:
     def __init__(self, config_yaml, data, key, scheduler, workers):
-        from distributed import Client, LocalCluster
-
         self.args = (config_yaml, data, key)
-        self.cluster = None
-        if scheduler is not None:
-            try:
-                self.client = Client(scheduler, timeout="20s")
-            except (OSError, TimeoutError) as exc:
-                raise ClosureError(f"--scheduler {scheduler}: cannot connect ({exc.__class__.__name__})") from None
-        else:
-            self.cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                        dashboard_address=None, host="127.0.0.1")
-            self.client = Client(self.cluster)
+        self.client, self.cluster = dask_client(scheduler, workers)
 
     def run(self, runs: list[Run], on_done, bar) -> None:
         from distributed import as_completed
