@@ -455,28 +455,44 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     out = ds_io.build_dataset(cfg, result.field, result.sgs, result.times, ids)
     out[var].attrs["long_name"] = f"LES {var} with closure {label}"
     out["sgs"].attrs["long_name"] = f"closure tendency c({var}) of model {label}"
+    out.attrs.update({
+        "title": f"coupled LES of {equation_name} with closure {label}",
+        "model": label,
+        "model_source": model_str if is_baseline(model_str) else str(Path(model_str).resolve()),
+        "closure_per_stage": int(run.closure_per_stage),
+    })
+    return write_run(out, output, result, label=label, ids=ids, dt=run.dt, data_config=data_config,
+                     integrator=run.integrator, source=source, identity=identity, seconds_per_model_time=les_spmt,
+                     dns_cost=(dns_spmt, dns_source), device=device, n_threads=n_threads, extra_attrs=extra_attrs)
+
+
+def write_run(out, output, result, *, label, ids, dt, data_config, integrator, source, identity,
+              seconds_per_model_time, dns_cost, device, n_threads, extra_attrs=None) -> Path:
+    """Complete an LES or ladder output (blow-up times, provenance, cost like for like) and write it atomically.
+
+    The cost attributes: ``les_seconds_per_model_time`` (wall seconds per unit model time,
+    warm-up excluded), ``les_ms_per_step``, the DNS's cost from ``dns_cost`` = (seconds per
+    model time, how it was obtained), their ratio, and the device, torch threads and batch.
+    """
+    dns_spmt, dns_source = dns_cost
     out["blowup_time"] = ("trajectory", result.blowup_time,
                           {"long_name": "model time at which the trajectory became non-finite (NaN: never)",
                            "units": "1"})
     blowups = [{"trajectory": ids[i], "time": float(result.blowup_time[i])}
                for i in range(len(ids)) if np.isfinite(result.blowup_time[i])]
     out.attrs.update({
-        "title": f"coupled LES of {equation_name} with closure {label}",
-        "model": label,
-        "model_source": model_str if is_baseline(model_str) else str(Path(model_str).resolve()),
-        "dt": float(run.dt),
+        "dt": float(dt),
         "dns_dt": "auto" if data_config.dns.adaptive else float(data_config.dns.dt),
-        "integrator": run.integrator,
-        "closure_per_stage": int(run.closure_per_stage),
+        "integrator": integrator,
         "reference": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
         "reference_identity": identity,
         "test_trajectories": json.dumps(ids),
         "blowups": json.dumps(blowups),
-        "les_seconds_per_model_time": float(les_spmt),
+        "les_seconds_per_model_time": float(seconds_per_model_time),
         "les_ms_per_step": float(1e3 * result.seconds / max(result.steps, 1)),
         "dns_seconds_per_model_time": dns_spmt,
         "dns_cost_source": dns_source,
-        "cost_ratio": float(les_spmt / dns_spmt) if dns_spmt > 0 else float("nan"),
+        "cost_ratio": float(seconds_per_model_time / dns_spmt) if dns_spmt > 0 else float("nan"),
         "device": str(device),
         "torch_threads": int(n_threads),
         "batch": len(ids),

@@ -40,7 +40,6 @@ works without ``data.keep_dns``, in 1D, 2D and 3D.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -56,7 +55,7 @@ from closure.data import dataset as ds_io
 from closure.data.filters import prolong_hat, restrict_hat
 from closure.data.system import make_filter, plain_equation, trajectory_seeds
 from closure.errors import ClosureError
-from closure.les.coupled import (cpu_threads, dns_cost, integrate, les_config, test_trajectories, write_atomic)
+from closure.les.coupled import cpu_threads, dns_cost, integrate, les_config, test_trajectories, write_run
 from solvers.spectral import SpectralGrid
 
 log = logging.getLogger("closure.les.ladder")
@@ -216,11 +215,6 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
     out = ds_io.build_dataset(cfg, field, np.zeros_like(field), result.times, ids)
     out[var].attrs["long_name"] = f"P G {var} of the plain solver at {spec.resolution} points"
     out["sgs"].attrs["long_name"] = "closure tendency (none: the plain solver has no closure)"
-    out["blowup_time"] = ("trajectory", result.blowup_time,
-                          {"long_name": "model time at which the trajectory became non-finite (NaN: never)",
-                           "units": "1"})
-    blowups = [{"trajectory": ids[i], "time": float(result.blowup_time[i])}
-               for i in range(len(ids)) if np.isfinite(result.blowup_time[i])]
     out.attrs.update({
         "title": f"plain solver of {cfg.system.equation} at {spec.resolution} points, coarse-grained to the LES grid",
         "model": spec.label,
@@ -228,26 +222,11 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
         "ladder_resolution": int(spec.resolution),
         "ladder_factor": float(spec.resolution / n_les),
         "ladder_start": spec.start,
-        "dt": float(dt),
-        "dns_dt": float(data_config.dns.dt),
-        "integrator": cfg.run.integrator,
-        "reference": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
-        "reference_identity": ds_io.dataset_identity(ds),
-        "test_trajectories": json.dumps(ids),
-        "blowups": json.dumps(blowups),
-        "les_seconds_per_model_time": float(spmt),
-        "les_ms_per_step": float(1e3 * result.seconds / max(result.steps, 1)),
-        "dns_seconds_per_model_time": dns_spmt,
-        "dns_cost_source": dns_source,
-        "cost_ratio": float(spmt / dns_spmt) if dns_spmt > 0 else float("nan"),
-        "device": str(device),
-        "torch_threads": int(n_threads),
-        "batch": len(ids),
     })
-    out.attrs.update(extra_attrs or {})
-    if blowups:
-        log.warning("les %s: %d of %d trajectories blew up: %s", spec.label, len(blowups), len(ids), blowups)
-    return write_atomic(out, output)
+    return write_run(out, output, result, label=spec.label, ids=ids, dt=dt, data_config=data_config,
+                     integrator=cfg.run.integrator, source=source, identity=ds_io.dataset_identity(ds),
+                     seconds_per_model_time=spmt, dns_cost=(dns_spmt, dns_source), device=device,
+                     n_threads=n_threads, extra_attrs=extra_attrs)
 
 
 def _coarse_grain(field: np.ndarray, grid: SpectralGrid, les_grid: SpectralGrid, filt, device, dtype) -> np.ndarray:
