@@ -570,8 +570,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _safe_load(text: str):
-    """``yaml.safe_load`` with duplicate keys refused (`ClosureError`)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)
+    """``yaml.safe_load`` with duplicate keys refused (`ClosureError`): the safe loader's
+    single document, built by its subclass that checks keys."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _read_text(path: Path) -> str:
