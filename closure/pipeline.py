@@ -232,6 +232,17 @@ def les_key(config: Config, model: str, dataset: Path, model_dir: Optional[Path]
     return json.dumps(key, sort_keys=True)
 
 
+def _run_unless_current(kind: str, model: str, output: Path, key: str, run) -> Path:
+    """Run one LES or ladder stage into ``output`` (under its lock) unless it is up to date."""
+    if _les_is_current(output, key):
+        _say("pipeline: %s %s is up to date, skipping", kind, output)
+    else:
+        _say("pipeline: [3/4] %s %s -> %s", kind.lower(), model, output)
+        with storage.output_lock(output):
+            run()
+    return output
+
+
 def _les_is_current(path: Path, key: str) -> bool:
     if not path.is_file():
         return False
@@ -358,13 +369,8 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     for m, model_arg, model_dir, group, name in jobs:
         output = les_dir / _model_file_name(m)
         key = les_key(config, m, dataset, model_dir)
-        if _les_is_current(output, key):
-            _say("pipeline: LES %s is up to date, skipping", output)
-        else:
-            _say("pipeline: [3/4] les %s -> %s", m, output)
-            with storage.output_lock(output):
-                run_les(config, model_arg, dataset, output, name=name, extra_attrs=dict(group, pipeline_key=key))
-        outputs.append(output)
+        outputs.append(_run_unless_current("LES", m, output, key, lambda: run_les(
+            config, model_arg, dataset, output, name=name, extra_attrs=dict(group, pipeline_key=key))))
     timings["les"] = _time.perf_counter() - start
 
     # ------------------------------------------------------------------ 3b. the plain-solver ladder
@@ -372,13 +378,8 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     for m in ladder_models(config, config.les.resolution):
         output = les_dir / _model_file_name(m)
         key = les_key(config, m, dataset, None)
-        if _les_is_current(output, key):
-            _say("pipeline: ladder %s is up to date, skipping", output)
-        else:
-            _say("pipeline: [3/4] ladder %s -> %s", m, output)
-            with storage.output_lock(output):
-                run_plain(config, m, dataset, output, extra_attrs={"pipeline_key": key})
-        outputs.append(output)
+        outputs.append(_run_unless_current("ladder", m, output, key, lambda: run_plain(
+            config, m, dataset, output, extra_attrs={"pipeline_key": key})))
     timings["ladder"] = _time.perf_counter() - start
 
     # ------------------------------------------------------------------ 4. evaluate

@@ -82,10 +82,7 @@ class NavierStokes2D(SpectralEquation):
             products_hat = torch.fft.fft(torch.fft.rfft(products, dim=-1)[..., :kept], dim=-2)
             out = (self._advection_ops_kept[..., 0] * products_hat).sum(dim=-3)
             return torch.nn.functional.pad(out, (0, n // 2 + 1 - kept))
-        products = torch.empty_like(uv)
-        uu, vv = products.unbind(-3)
-        torch.mul(u, v, out=uu)
-        torch.mul(v, v, out=vv).addcmul_(u, u, value=-1)
+        products = _advection_products(u, v, torch.empty_like(uv))
         # the y transform on the transposed kept columns: its output is [m_x, m_y]-ordered
         # and contiguous, so the multiply-adds stream; one transposing copy into `out`
         products_hat = torch.fft.fft(torch.fft.rfft(products, dim=-1)[..., :kept].transpose(-1, -2), dim=-1)
@@ -215,10 +212,7 @@ class KeptColumns:
         work["spectrum"][..., :kept].copy_(work["padded"].transpose(-1, -2))
         uv = torch.fft.irfft(work["spectrum"], n=n, dim=-1)
         u, v = uv.unbind(-3)
-        products = work["products"]
-        uu, vv = products.unbind(-3)
-        torch.mul(u, v, out=uu)
-        torch.mul(v, v, out=vv).addcmul_(u, u, value=-1)
+        products = _advection_products(u, v, work["products"])
         # x transform, then the y transform of the kept columns (torch transposes them into
         # contiguous rows on the way: a copy with a non-power-of-two source stride)
         products_hat = torch.fft.fft(torch.fft.rfft(products, dim=-1)[..., :kept].transpose(-1, -2), dim=-1)
@@ -227,3 +221,12 @@ class KeptColumns:
         out = (products_hat[:, 0] * ops[0] if self.forcing is None
                else torch.addcmul(self.forcing, products_hat[:, 0], ops[0]))
         return out.addcmul_(products_hat[:, 1], ops[1])
+
+
+def _advection_products(u: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``(u v, v^2 - u^2)`` written into ``out[..., 0 | 1, :, :]`` without temporaries (the
+    products whose transforms give the Basdevant advection term)."""
+    uu, vv = out.unbind(-3)
+    torch.mul(u, v, out=uu)
+    torch.mul(v, v, out=vv).addcmul_(u, u, value=-1)
+    return out
