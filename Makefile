@@ -30,9 +30,14 @@ demo: $(STAMP)
 	@echo "report: runs/quickstart/report/report.md"
 
 # On a machine with a CUDA GPU: the CUDA tests and the GPU benchmark tables.
-gpu-check: $(STAMP)
-	$(BIN)/python -m pytest -q -m "cuda" -p no:cacheprovider
-	$(BIN)/python benchmarks/solver_speed.py --device cuda
+# `make gpu-check GPU_PY=python3` runs them with another interpreter (one whose torch
+# has CUDA, the project's dependencies importable) instead of creating .venv.
+GPU_PY ?= $(BIN)/python
+gpu-check: $(if $(filter $(BIN)/python,$(GPU_PY)),$(STAMP))
+	$(GPU_PY) -m pytest -q -m "cuda" -p no:cacheprovider
+	$(GPU_PY) benchmarks/solver_speed.py --device cuda
+	$(GPU_PY) benchmarks/les_speed.py --device cuda --batches 2 16
+	$(GPU_PY) benchmarks/taylor_green.py --device cuda --n 128 --out runs/tgv
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/solver_speed.py

@@ -315,11 +315,14 @@ def _nonfinite_members(w_hat: torch.Tensor, ndim: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- CUDA graphs
 # Small grids on a GPU are launch-bound (a step is ~60 kernels of a few microseconds):
 # `simulate` then replays one captured CUDA graph per step, which removes the launch
-# overhead. Used only on CUDA, when autograd does not record, without a closure, for
-# our own equations (``_owns_nonlinear``) with a steady forcing or none, at least
-# _GRAPH_MIN_STEPS steps and at most _GRAPH_MAX_NUMEL state entries; a failed capture
-# falls back to the eager loop. SOLVERS_CUDA_GRAPHS=0 turns it off. The CPU path
-# never reaches it.
+# overhead. Used only on CUDA, when autograd does not record, for our own equations
+# (``_owns_nonlinear``) with a steady forcing or none, at least _GRAPH_MIN_STEPS steps
+# and at most _GRAPH_MAX_NUMEL state entries, and with no closure or a closure that
+# declares ``cuda_graph_safe = True`` (a pure tensor function of the state, no host
+# synchronisation, no dependence on the model time: the learned closures); the closure
+# is captured with the step (per stage or held, as ``closure_per_stage`` says). A
+# failed capture falls back to the eager loop. SOLVERS_CUDA_GRAPHS=0 turns it off.
+# The CPU path never reaches it.
 _GRAPH_MAX_NUMEL = 2 ** 21   # batch * n^d at or below which graphs are used
 _GRAPH_MIN_STEPS = 8
 
@@ -327,7 +330,9 @@ _GRAPH_MIN_STEPS = 8
 class _CudaGraphStep:
     """One captured step (plus the non-finite bookkeeping) on static buffers."""
 
-    def __init__(self, stepper, w_hat: torch.Tensor, ndim: int):
+    def __init__(self, stepper, w_hat: torch.Tensor, equation, closure=None, per_stage: bool = True):
+        ndim = equation.grid.ndim
+        self.closure = closure  # held: the cache key holds its id
         self.static = w_hat.clone()
         self.first_bad = torch.full((w_hat.shape[0],), -1, dtype=torch.long, device=w_hat.device)
         self.count = torch.zeros((), dtype=torch.long, device=w_hat.device)
@@ -335,11 +340,13 @@ class _CudaGraphStep:
         side.wait_stream(torch.cuda.current_stream(w_hat.device))
         with torch.cuda.stream(side), torch.no_grad():
             for _ in range(2):  # warm-up: FFT plans, allocator
-                stepper.step(self.static.clone(), 0.0)
+                warm = self.static.clone()
+                stepper.step(warm, 0.0, step_closure(equation, closure, warm, per_stage))
         torch.cuda.current_stream(w_hat.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.no_grad():
-            self.static.copy_(stepper.step(self.static, 0.0))
+            self.static.copy_(stepper.step(self.static, 0.0, step_closure(equation, closure, self.static,
+                                                                          per_stage)))
             self.count.add_(1)
             bad = _nonfinite_members(self.static, ndim)
             self.first_bad.copy_(torch.where(bad & (self.first_bad < 0), self.count, self.first_bad))
@@ -350,19 +357,20 @@ class _CudaGraphStep:
         self.count.zero_()
 
 
-def _cuda_graph_runner(equation, stepper, w_hat: torch.Tensor, closure, steps: int):
-    """A (cached) `_CudaGraphStep` for this stepper and state, or None where graphs do not apply."""
-    if (w_hat.device.type != "cuda" or closure is not None or steps < _GRAPH_MIN_STEPS
+def _cuda_graph_runner(equation, stepper, w_hat: torch.Tensor, closure, steps: int, per_stage: bool = True):
+    """A (cached) `_CudaGraphStep` for this stepper, state and closure, or None where graphs do not apply."""
+    if (w_hat.device.type != "cuda" or steps < _GRAPH_MIN_STEPS
+            or (closure is not None and not getattr(closure, "cuda_graph_safe", False))
             or w_hat.numel() > _GRAPH_MAX_NUMEL or os.environ.get("SOLVERS_CUDA_GRAPHS", "1") == "0"
             or (torch.is_grad_enabled() and w_hat.requires_grad)
             or not getattr(equation, "_owns_nonlinear", False)
             or (equation.forcing is not None and not getattr(equation.forcing, "steady", True))):
         return None
     cache = stepper.__dict__.setdefault("_cuda_graphs", {})
-    key = (tuple(w_hat.shape), w_hat.dtype, w_hat.device)
+    key = (tuple(w_hat.shape), w_hat.dtype, w_hat.device, id(closure), bool(per_stage) or closure is None)
     if key not in cache:
         try:
-            cache[key] = _CudaGraphStep(stepper, w_hat, equation.grid.ndim)
+            cache[key] = _CudaGraphStep(stepper, w_hat, equation, closure, per_stage)
         except Exception as exc:  # noqa: BLE001 (capture unsupported here: run eagerly)
             warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running eagerly")
             cache[key] = None
@@ -518,7 +526,8 @@ def simulate(equation, state: torch.Tensor, dt, steps: Optional[int] = None, clo
         graph = None
         schedule = _cfl_schedule(dt, equation, time, times, lambda: w_hat)
     else:
-        graph = _cuda_graph_runner(equation, equation.stepper(method, dt), w_hat, closure, steps)
+        graph = _cuda_graph_runner(equation, equation.stepper(method, dt), w_hat, closure, steps,
+                                   closure_per_stage)
         schedule = _fixed_schedule(time, dt, steps, save_every, targets)
     if graph is not None:
         first_bad = graph.first_bad

@@ -183,7 +183,13 @@ class FieldClosure(nn.Module):
 
     Subclasses implement ``predict(x)``: normalized channels (batch, C, *grid)
     to normalized SGS (batch, *grid).
+
+    ``cuda_graph_safe``: the forward pass is a pure tensor function of the state (no
+    host synchronisation, no model time), so `solvers.simulate` may capture it with
+    the solver step in one CUDA graph.
     """
+
+    cuda_graph_safe = True
 
     def __init__(self, ndim: int, features: Sequence[str] | None = None, length: float = 2.0 * math.pi):
         super().__init__()

@@ -109,6 +109,11 @@ class GroupAveraged(nn.Module):
         self.model, self.ndim, self.parity = model, int(ndim), int(parity)
         self.elements = group_elements(self.ndim)
 
+    @property
+    def cuda_graph_safe(self) -> bool:
+        """Capturable in a CUDA graph when the wrapped model is (the group maps are tensor ops)."""
+        return bool(getattr(self.model, "cuda_graph_safe", False))
+
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         batch = state.shape[0]
         copies = torch.cat([transform(state, g, self.parity) for g in self.elements])
