@@ -110,13 +110,23 @@ def check_features(features: Sequence[str] | None, ndim: int) -> list[str]:
     return names
 
 
+_WAVENUMBERS: dict = {}
+
+
 def _wavenumbers(n: int, length: float, like: torch.Tensor, real: bool) -> torch.Tensor:
-    """Physical wavenumbers 2 pi m / length with the Nyquist mode set to zero."""
-    m = torch.fft.rfftfreq(n, 1.0 / n) if real else torch.fft.fftfreq(n, 1.0 / n)
-    m = m.to(device=like.device, dtype=like.dtype)
-    if n % 2 == 0:
-        m = torch.where(m.abs() == n // 2, torch.zeros_like(m), m)
-    return m * (2.0 * math.pi / length)
+    """Physical wavenumbers 2 pi m / length with the Nyquist mode set to zero.
+
+    Made on ``like``'s device (no host-to-device copy, so a closure using them can be
+    captured in a CUDA graph) and cached per grid, dtype and device.
+    """
+    key = (n, float(length), real, like.dtype, like.device)
+    if key not in _WAVENUMBERS:
+        freq = torch.fft.rfftfreq if real else torch.fft.fftfreq
+        m = freq(n, 1.0 / n, dtype=like.dtype, device=like.device)
+        if n % 2 == 0:
+            m = torch.where(m.abs() == n // 2, torch.zeros_like(m), m)
+        _WAVENUMBERS[key] = m * (2.0 * math.pi / length)
+    return _WAVENUMBERS[key]
 
 
 def _spectral_1d(u: torch.Tensor, length: float, features: Sequence[str]) -> list[torch.Tensor]:
