@@ -385,7 +385,10 @@ class SweepConfig(Section):
     gammas_inner: Optional[list[Annotated[float, Field(ge=0.5, le=1.0)]]] = None  # vary inner over these (None: gammas)
     depth: Optional[PositiveInt] = None  # hidden layers (None: len(model.hidden))
     lr: Optional[PositiveFloat] = None  # base SGD rate alpha (None: train.lr)
-    batch_size: PositiveInt = 16  # points per SGD step (the theory's SGD is batch 1)
+    batch_size: PositiveInt = 16  # points per SGD step (the theory's SGD is batch 1); >= train_points: full batch
+    # a fixed random subset of the training points (patches gathered once): a finite training set on which
+    # long, converged runs are affordable; None draws every batch from all training points
+    train_points: Optional[PositiveInt] = None
     tune_factors: list[PositiveFloat] = Field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])  # x lr
     tune_width: Optional[PositiveInt] = None  # width of the tuning runs (None: the median width)
     test_points: PositiveInt = 16384  # fixed test-split points for the test error

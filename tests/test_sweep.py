@@ -296,11 +296,15 @@ def test_transfer_study_runs_on_dask_and_resumes(tiny_config, tiny_dataset, tmp_
         assert (ds["curve_steps"].values[..., -1] == 6).all()  # the last checkpoint is the end of training
         assert np.isfinite(ds["best_curve_validation_mse"].values).all()
         assert ds["best_lr_slope"].dims == ("parametrization", "optimizer")
+        curve = ds["best_curve_validation_mse"].values[0, 0, 0, 0]  # checkpoints after 0, 2, 4, 6 steps
+        assert list(ds["curve_steps"].values[0, 0, 0]) == [0, 2, 4, 6]
+        assert float(ds["best_curve_drop"].values[0, 0, 0, 0]) == pytest.approx((curve[2] - curve[3]) / curve[2])
     finally:
         ds.close()
     for name in ("transfer_rate.png", "transfer_error.png", "transfer_curves.png", "transfer_landscape.png"):
         assert (out / name).stat().st_size > 0
     assert "Best base rate" in (out / "summary.md").read_text()
+    assert "Convergence: fall of the validation MSE" in (out / "summary.md").read_text()
     sweep(config, tiny_dataset, out, workers=2, progress=False)
     second = json.loads((out / "sweep.json").read_text())
     assert second["executed"] == 0 and second["skipped"] == first["executed"] == first["runs"]
@@ -326,3 +330,83 @@ def test_independent_seeds_differ_across_gammas_and_ood_probes_are_recorded(tiny
         assert list(ds["curve_steps"].values[0]) == [0, 4, 8]
     finally:
         ds.close()
+
+
+# --------------------------------------------------------------------------- fixed training subset, ladder
+def test_fixed_training_subset_is_gathered_once_and_full_batch_is_deterministic(tiny_config, tiny_dataset,
+                                                                                monkeypatch):
+    from closure.study.grid import derived_seed
+    from closure.study.run import train_run
+
+    config = _sweep_config(tiny_config, study="transfer", parametrizations=["meanfield"], widths=[8], seeds=1,
+                           steps=5, train_points=40, batch_size=64, curve_points=2)
+    data = StudyData(tiny_dataset, config)
+    x, y = data.train_subset
+    assert x.shape == (40, data.in_features) and y.shape == (40,)
+    flat = torch.randperm(data.n_train_points, generator=torch.Generator().manual_seed(
+        derived_seed(config.seed, 0x7EA1, 40)))[:40]
+    assert torch.equal(x, gather_patches(data.channels["train"], flat, data.stencil))  # the subset's own patches
+    assert torch.equal(y, data.targets["train"][flat])
+    run = Run("transfer", 1.0, 1.0, 8, 0, 0.3, 5)
+
+    def trained(cfg, d, stream):
+        monkeypatch.setattr(Run, "batch_seed", lambda self, common: stream)
+        return train_run(d, run, cfg)["validation_mse"]
+
+    # batch >= train_points: full-batch gradient descent, independent of the sample stream
+    a = trained(config, data, 1)
+    assert trained(config, data, 2) == a
+    data.train_subset = (x, y + 1.0)  # training on other targets must change the result
+    assert trained(config, data, 1) != a
+    mini = _sweep_config(tiny_config, study="transfer", widths=[8], seeds=1, steps=5, train_points=40, batch_size=8)
+    mini_data = StudyData(tiny_dataset, mini)
+    assert trained(mini, mini_data, 1) != trained(mini, mini_data, 2)  # mini-batches follow the sample stream
+
+
+def test_field_errors_are_relative_l2_over_the_saved_times():
+    from closure.study.run import field_errors
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2, 4, 8, 8))
+    assert field_errors(ref, ref) == {"error": pytest.approx(0.0), "correlation": pytest.approx(1.0)}
+    scaled = ref.copy()
+    scaled[:, 1:] *= 3.0
+    scaled[:, 0] = 99.0  # the first snapshot (the shared initial state) is not scored
+    assert field_errors(scaled, ref)["error"] == pytest.approx(2.0)
+    assert field_errors(-ref, ref)["correlation"] == pytest.approx(-1.0, abs=0.05)
+    with pytest.raises(ValueError, match="differ in shape"):
+        field_errors(ref[:, :3], ref)
+
+
+def test_aposteriori_sweep_reports_the_plain_solver_ladder_and_reuses_it(tiny_config, tiny_dataset, tmp_path):
+    from closure.data.dataset import open_dataset
+    from closure.study.data import StudyData as Data
+    from closure.study.ladder import plain_ladder
+    from closure.study.run import field_errors, reference_fields
+
+    tiny_config["run"].update({"ladder": [1, 2], "ladder_starts": ["filtered"]})
+    config = _sweep_config(tiny_config, vary=["outer"], gammas=[1.0], widths=[8], seeds=2, time=1.0,
+                           aposteriori=True)
+    out = tmp_path / "post"
+    sweep(config, tiny_dataset, out, workers=0, progress=False)
+    ds = xr.open_dataset(out / "sweep.nc")
+    try:
+        assert list(ds["ladder"].values) == ["plain@16:filtered", "plain@32:filtered"]
+        assert list(ds["ladder_resolution"].values) == [16, 32]
+        errors = ds["ladder_error"].values
+        assert np.all(np.isfinite(errors)) and np.all(errors > 0)
+    finally:
+        ds.close()
+    text = (out / "summary.md").read_text()
+    assert "plain@32:filtered (plain solver, no network)" in text
+    # the row is the study's metric applied to the rung's coarse-grained field
+    data = Data(tiny_dataset, config)
+    stored = open_dataset(out / "ladder" / "plain@32_filtered.nc", chunks=False)
+    try:
+        assert field_errors(stored[data.var].values, reference_fields(data, config))["error"] == pytest.approx(errors[1])
+    finally:
+        stored.close()
+    stamp = (out / "ladder" / "plain@32_filtered.nc").stat().st_mtime_ns
+    again = plain_ladder(config, data, out / "ladder")
+    assert (out / "ladder" / "plain@32_filtered.nc").stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert again["plain@32:filtered"]["error"] == pytest.approx(errors[1])

@@ -102,6 +102,12 @@ class StudyData:
         gen = torch.Generator().manual_seed(derived_seed(config.seed, 0x00D, sw.probe_points))
         self.probe_ood = sw.ood_scale * torch.randn(self.probe.shape, generator=gen, dtype=torch.float64).to(self.dtype)
         self.n_train_points = int(self.targets["train"].numel())
+        self.train_subset: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        if sw.train_points is not None:  # a fixed training set (module ``closure.study.run``)
+            gen = torch.Generator().manual_seed(derived_seed(config.seed, 0x7EA1, sw.train_points))
+            flat = torch.randperm(self.n_train_points, generator=gen)[: sw.train_points]
+            self.train_subset = (gather_patches(self.channels["train"], flat, self.stencil),
+                                 self.targets["train"][flat])
         self._aposteriori_none: Optional[dict] = None
 
     @property

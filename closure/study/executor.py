@@ -32,6 +32,7 @@ def settings_fingerprint(config: Config, data: Path, created: str) -> str:
         "model": [config.model.stencil, list(config.model.features), config.model.activation],
         "depth": depth_of(config), "batch_size": sw.batch_size,
         **({} if sw.output_bias else {"output_bias": False}),  # absent when default: older results stay valid
+        **({} if sw.train_points is None else {"train_points": sw.train_points}),
         "points": [sw.test_points, sw.validation_points, sw.probe_points, sw.ood_scale],
         "curve_points": sw.curve_points, "common_random_numbers": sw.common_random_numbers,
         "mup_base_width": int(sw.mup_base_width or min(sw.widths)),

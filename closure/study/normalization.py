@@ -69,6 +69,8 @@ a re-run skips every run whose file exists and matches the current settings
     SWEEP_DIR/summary.md    tables (errors, variance slopes vs 1 - 2 gamma_outer, tuned rates)
     SWEEP_DIR/*.png         error vs gamma, log-log variance vs width, outer-vs-inner sensitivity
     SWEEP_DIR/sweep.json    what this invocation ran and skipped
+    SWEEP_DIR/ladder/       with ``sweep.aposteriori`` and ``run.ladder``: the plain solver's LES files
+                            (``closure.study.ladder``), scored like the networks' coupled LES
 
 Metrics (test split, ``sweep.test_points`` fixed points): ``relative_l2``
 (``||c - s|| / ||s||`` in physical units), ``mse`` (normalized units, i.e.
@@ -139,7 +141,8 @@ def sweep(config: Config, data: Union[str, Path], out_dir: Union[str, Path], *, 
         runs = sum(len(c["results"]) for c in search.cells.values())
     else:
         study_results, tune_results = _gamma_study(config, study)
-        result = collect(config, study_results, tune_results, data=study.data)
+        ladder = _ladder(config, study) if sw.aposteriori and config.run.ladder else None
+        result = collect(config, study_results, tune_results, data=study.data, ladder=ladder)
         figures = plot_sweep(result, study.out_dir)
         summary = summary_markdown(result, figures)
         runs = len(study_results) + len(tune_results)
@@ -174,6 +177,8 @@ class _Study:
         self.splits = split_trajectories(n_traj, config.data.validation_fraction, config.data.test_fraction,
                                          config.seed)
         self.n_train_points = len(self.splits["train"]) * n_time * space
+        if config.sweep.train_points is not None:  # epochs count passes over the fixed training subset
+            self.n_train_points = min(self.n_train_points, int(config.sweep.train_points))
         self.fingerprint = settings_fingerprint(config, self.data, created)
         self.runs_dir = self.out_dir / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +231,15 @@ class _Study:
         finally:
             if isinstance(executor, DaskExecutor):
                 executor.close()
+
+
+def _ladder(config: Config, study: _Study) -> dict:
+    """The plain-solver ladder scored like the study's coupled LES (``closure.study.ladder``), in this process."""
+    from closure.study.data import StudyData
+    from closure.study.ladder import plain_ladder
+
+    log.info("sweep: plain-solver ladder %s over run.time = %g", list(config.run.ladder), config.run.time)
+    return plain_ladder(config, StudyData(study.data, config), study.out_dir / "ladder")
 
 
 def _gamma_study(config: Config, study: _Study) -> tuple[dict, dict]:

@@ -237,14 +237,16 @@ def summary_markdown(ds, figures: Iterable[Path] = ()) -> str:
                     lines.append(f"| {g:g}{' (' + str(n_div) + ' diverged)' if n_div else ''} | "
                                  + " | ".join(cells) + " |")
             if "aposteriori_error" in ds:
-                lines += ["", "A posteriori: LES field error ||LES - DNS|| / ||DNS|| (mean over seeds; "
+                lines += ["", "A posteriori: LES field error ||LES - DNS|| / ||DNS|| (mean ± std over seeds; "
                           f"no closure: {_num(np.nanmean(ds['aposteriori_error_none'].values))})", ""]
                 lines += [f"| {gdim} | " + " | ".join(f"N={w}" for w in widths) + " |",
                           "| --- |" + " --- |" * len(widths)]
                 arr = line(ds, "aposteriori_error")
                 for g in arr[gdim].values:
-                    lines.append(f"| {g:g} | " + " | ".join(_num(arr.sel({gdim: g, "width": w}).mean("seed"))
+                    lines.append(f"| {g:g} | " + " | ".join(f"{_num(arr.sel({gdim: g, 'width': w}).mean('seed'))} ± "
+                                                             f"{_num(arr.sel({gdim: g, 'width': w}).std('seed'))}"
                                                              for w in widths) + " |")
+                lines += _ladder_rows(ds, len(widths))
             lines.append("")
         if "tune_validation_mse" in ds:
             lines += ["## Learning-rate tuning (validation MSE, normalized units)", ""]
@@ -267,6 +269,17 @@ def summary_markdown(ds, figures: Iterable[Path] = ()) -> str:
     return "\n".join(lines)
 
 # --------------------------------------------------------------------------- the rate-transfer study
+def _ladder_rows(ds, columns: int) -> list[str]:
+    """Rows of the plain-solver ladder (one value, repeated in every width column) under the a-posteriori table."""
+    if "ladder_error" not in ds:
+        return []
+    rows = []
+    for label in ds["ladder"].values:
+        e = _num(float(ds["ladder_error"].sel(ladder=label)))
+        rows.append(f"| {label} (plain solver, no network) | " + " | ".join([e] * columns) + " |")
+    return rows
+
+
 def _grid(plt, rows, cols, w=3.2, h=2.8):
     fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
     return fig, axes
@@ -403,6 +416,15 @@ def transfer_markdown(ds, figures: Iterable[Path] = ()) -> str:
                 e = ds["best_relative_l2"].sel(parametrization=name, optimizer=opt)
                 lines.append(f"| {name} | " + " | ".join(
                     f"{_num(e.sel(width=w).mean('seed'))} ± {_num(e.sel(width=w).std('seed'))}" for w in widths) + " |")
+            if "best_curve_drop" in ds:
+                lines += ["", "Convergence: fall of the validation MSE at the best rate over the last quarter of "
+                          "training, % (mean over seeds; about 0 = flattened, < 0 = rising again)", ""]
+                lines += ["| parametrization | " + " | ".join(f"N={w}" for w in widths) + " |",
+                          "| --- |" + " --- |" * len(widths)]
+                for name in names:
+                    d = ds["best_curve_drop"].sel(parametrization=name, optimizer=opt)
+                    lines.append(f"| {name} | " + " | ".join(_num(100 * d.sel(width=w).mean("seed"), "+.1f")
+                                                            for w in widths) + " |")
             lines += ["", "Validation MSE vs base rate (mean over seeds; `div` = a seed diverged)", ""]
             for name in names:
                 for w in widths:

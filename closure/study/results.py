@@ -68,8 +68,10 @@ def seed_variance(probe: np.ndarray) -> np.ndarray:
         return np.nanmean(np.nanvar(probe, axis=3, ddof=1), axis=-1)
 
 
-def collect(config: Config, study: dict, tune: Optional[dict] = None, data: Optional[Path] = None):
-    """The study's results as an xarray Dataset (dims gamma_outer, gamma_inner, width, seed, probe)."""
+def collect(config: Config, study: dict, tune: Optional[dict] = None, data: Optional[Path] = None,
+            ladder: Optional[dict] = None):
+    """The study's results as an xarray Dataset (dims gamma_outer, gamma_inner, width, seed, probe);
+    ``ladder`` (``closure.study.ladder.plain_ladder``) adds the plain solver's rows along dim ``ladder``."""
     import xarray as xr
 
     sw = config.sweep
@@ -168,7 +170,17 @@ def collect(config: Config, study: dict, tune: Optional[dict] = None, data: Opti
         ds = ds.assign_coords(lr_factor=factors)
         ds["tune_validation_mse"] = (("gamma_outer", "gamma_inner", "lr_factor"), tv,
                                      {"long_name": f"validation MSE of the tuning runs (width {tune_width(config)})"})
-    budget = (f"t = k / N_L = {sw.time} (k = round(t N_L) steps)" if sw.time is not None
+    if ladder:
+        labels = list(ladder)
+        ds = ds.assign_coords(ladder=labels)
+        for key, long_name in (("error", "plain solver: mean over saved times of ||P G w - DNS|| / ||DNS||"),
+                               ("correlation", "plain solver: correlation with the filtered DNS at the final time"),
+                               ("resolution", "plain solver: grid points per direction"),
+                               ("blowups", "plain solver: trajectories that blew up")):
+            ds[f"ladder_{key}"] = (("ladder",), np.array([ladder[m][key] for m in labels], dtype=float),
+                                   {"long_name": long_name})
+    budget = (f"{sw.steps} steps" if sw.steps is not None else
+              f"t = k / N_L = {sw.time} (k = round(t N_L) steps)" if sw.time is not None
               else f"{config.train.epochs} epochs of the training points (k independent of N)")
     ds.attrs.update({
         "title": "normalization study: gamma x width x seed (closure sweep)",
@@ -204,6 +216,28 @@ class quiet_nan:
 
 
 TRANSFER_METRICS = ("validation_mse", "relative_l2", "mse", "correlation", "r2", "diverged", "seconds")
+
+
+def last_quarter_drop(curve: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Relative fall of a validation curve over the last quarter of training, ``(v(3T/4) - v(T)) / v(3T/4)``,
+    along the last axis (``steps``, broadcast to ``curve``: the checkpoints' steps, -1 where absent;
+    v(3T/4) is the last checkpoint at or before 3T/4). Near 0: flattened (converged at this rate);
+    < 0: rising again."""
+    steps = np.broadcast_to(np.asarray(steps), curve.shape)
+    out = np.full(curve.shape[:-1], np.nan)
+    for idx in np.ndindex(*curve.shape[:-1]):
+        st = steps[idx]
+        ok = st >= 0
+        if ok.sum() < 2:
+            continue
+        total = st[ok].max()
+        j_end = int(np.flatnonzero(st == total)[0])
+        earlier = np.flatnonzero(ok & (st <= 0.75 * total))
+        if earlier.size == 0:
+            continue
+        v0, v1 = curve[idx + (int(earlier[-1]),)], curve[idx + (j_end,)]
+        out[idx] = (v0 - v1) / v0 if np.isfinite(v0) and np.isfinite(v1) and v0 > 0 else np.nan
+    return out
 
 
 def collect_transfer(config: Config, search, data: Optional[Path] = None):
@@ -299,6 +333,9 @@ def collect_transfer(config: Config, search, data: Optional[Path] = None):
                                  {"long_name": "test correlation at the best rate"}),
             "best_curve_validation_mse": (dims + ("seed", "checkpoint"), curve_best,
                                           {"long_name": "validation curve at the best rate"}),
+            "best_curve_drop": (dims + ("seed",), last_quarter_drop(curve_best, curve_steps[..., None, :]),
+                                {"long_name": "relative fall of the validation MSE at the best rate over the last "
+                                              "quarter of training (0: flattened)"}),
             "best_lr_slope": (dims[:2], transfer_slope, {"long_name": "d log best_lr / d log width (0: transfers)"}),
             "best_lr_slope_stderr": (dims[:2], transfer_err, {"long_name": "standard error of best_lr_slope"}),
         })

@@ -74,6 +74,20 @@ def _validation_mse(net, data: StudyData) -> float:
     return float((_predict(net, xv) - yv).double().pow(2).mean())
 
 
+def training_batch(data: StudyData, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's (patches, targets): ``batch`` points drawn uniformly (with replacement) from every training
+    point, or from the fixed subset ``sweep.train_points``, which is used whole when ``batch`` covers it
+    (full-batch gradient descent)."""
+    if data.train_subset is not None:
+        x, y = data.train_subset
+        if batch >= y.numel():
+            return x, y
+        flat = torch.randint(y.numel(), (batch,), generator=gen)
+        return x[flat], y[flat]
+    flat = torch.randint(data.n_train_points, (batch,), generator=gen)
+    return gather_patches(data.channels["train"], flat, data.stencil), data.targets["train"][flat]
+
+
 def checkpoints(steps: int, count: int) -> list[int]:
     """``count`` steps spread evenly over (0, steps] (the validation curve is recorded after them)."""
     if count <= 0:
@@ -92,16 +106,14 @@ def train_run(data: StudyData, run: Run, config: Config) -> dict:
     ood_init = _predict(net, data.probe_ood)
     opt = (torch.optim.SGD if run.optimizer == "sgd" else torch.optim.Adam)(groups, lr=run.lr)
     gen = torch.Generator().manual_seed(run.batch_seed(sw.common_random_numbers))
-    channels, targets = data.channels["train"], data.targets["train"]
     batch = sw.batch_size
     marks = set(checkpoints(run.steps, sw.curve_points))
     curve_steps, curve = [0] if marks else [], [_validation_mse(net, data)] if marks else []
     diverged, running, seen = False, 0.0, 0
     tail = max(1, run.steps // 10)  # the training loss reported: mean over the last 10% of the steps
     for k in range(run.steps):
-        flat = torch.randint(data.n_train_points, (batch,), generator=gen)
-        x = gather_patches(channels, flat, data.stencil)
-        loss = 0.5 * (net(x).squeeze(-1) - targets[flat]).pow(2).mean()
+        x, y = training_batch(data, batch, gen)
+        loss = 0.5 * (net(x).squeeze(-1) - y).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -146,34 +158,51 @@ def train_run(data: StudyData, run: Run, config: Config) -> dict:
 
 def _les_errors(data: StudyData, closure, config: Config) -> dict:
     """Short coupled LES from the test trajectories' first snapshots against the filtered DNS."""
-    from closure.data.dataset import open_dataset
     from closure.les.coupled import integrate
     from closure.data.system import les_equation, trajectory_seeds
 
     cfg = data.data_config.model_copy(update={"run": config.run})
     interval = float(data.times[1] - data.times[0]) if data.times.size > 1 else cfg.dns.sample_interval
     save_every = max(1, int(round(interval / config.run.dt)))
-    saves = max(1, min(int(math.floor(config.run.time / interval + 1e-9)), data.times.size - 1))
-    test = data.splits["test"]
-    ids = [data.trajectory_ids[i] for i in test]
-    ds = open_dataset(data.path, chunks=False)
-    try:
-        ref = np.asarray(ds[data.var].isel(trajectory=test, time=slice(0, saves + 1)).values, dtype=np.float64)
-    finally:
-        ds.close()
+    ref = reference_fields(data, config)
+    saves = ref.shape[1] - 1
+    ids = [data.trajectory_ids[i] for i in data.splits["test"]]
     equation = les_equation(cfg, dtype=data.dtype, device="cpu", seeds=trajectory_seeds(cfg, ids))
     state = torch.as_tensor(ref[:, 0]).to(data.dtype)
     res = integrate(equation, closure, state, config.run.dt, save_every, saves, t0=float(data.times[0]),
                     method=config.run.integrator, desc="sweep les", show_progress=False)
-    field = np.asarray(res.field, dtype=np.float64)
+    return {**field_errors(res.field, ref), "blowups": int(np.isfinite(res.blowup_time).sum())}
+
+
+def reference_fields(data: StudyData, config: Config) -> np.ndarray:
+    """The filtered DNS of the test trajectories at the saved times of a coupled run of ``run.time``
+    (``(trajectory, time, *grid)``, the first snapshot included)."""
+    from closure.data.dataset import open_dataset
+
+    interval = float(data.times[1] - data.times[0]) if data.times.size > 1 else data.data_config.dns.sample_interval
+    saves = max(1, min(int(math.floor(config.run.time / interval + 1e-9)), data.times.size - 1))
+    ds = open_dataset(data.path, chunks=False)
+    try:
+        return np.asarray(ds[data.var].isel(trajectory=data.splits["test"], time=slice(0, saves + 1)).values,
+                          dtype=np.float64)
+    finally:
+        ds.close()
+
+
+def field_errors(field: np.ndarray, ref: np.ndarray) -> dict:
+    """``error``: ||field - ref|| / ||ref|| per trajectory and saved time (the first snapshot excluded), averaged;
+    ``correlation``: Pearson correlation of the final fields, averaged over trajectories. Arrays
+    ``(trajectory, time, *grid)``; a blown-up (NaN) trajectory gives NaN."""
+    field = np.asarray(field, dtype=np.float64)
+    if field.shape != ref.shape:
+        raise ValueError(f"field {field.shape} and reference {ref.shape} differ in shape")
     axes = tuple(range(2, field.ndim))
+    n = field.shape[0]
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.sqrt(((field - ref) ** 2).sum(axis=axes) / (ref ** 2).sum(axis=axes))[:, 1:]
         a, b = field[:, -1] - field[:, -1].mean(), ref[:, -1] - ref[:, -1].mean()
-        corr = (a * b).reshape(len(ids), -1).sum(1) / np.sqrt((a * a).reshape(len(ids), -1).sum(1)
-                                                              * (b * b).reshape(len(ids), -1).sum(1))
-    return {"error": float(np.mean(err)), "correlation": float(np.mean(corr)),
-            "blowups": int(np.isfinite(res.blowup_time).sum())}
+        corr = (a * b).reshape(n, -1).sum(1) / np.sqrt((a * a).reshape(n, -1).sum(1) * (b * b).reshape(n, -1).sum(1))
+    return {"error": float(np.mean(err)), "correlation": float(np.mean(corr))}
 
 
 def aposteriori(data: StudyData, model, config: Config, diverged: bool = False) -> dict:
