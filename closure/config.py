@@ -401,7 +401,7 @@ class SweepConfig(Section):
     # transfer: meanfield (all gamma 1), ntk (all 1/2), mixed (inner 1/2, outer 1), gamma:OUTER/INNER,
     # standard (one rate, PyTorch's default init), mup (Tensor Programs V, Table 3)
     parametrizations: list[str] = Field(default_factory=lambda: ["meanfield", "ntk", "mixed", "standard", "mup"])
-    optimizers: list[Literal["sgd", "adam"]] = Field(default_factory=lambda: ["sgd"])  # transfer study
+    optimizers: list[Literal["sgd", "adam"]] = Field(default_factory=lambda: ["sgd"])  # transfer; gamma study: one
     steps: Optional[PositiveInt] = None  # fixed steps per run (overrides time and train.epochs)
     lr_centers: dict[str, PositiveFloat] = Field(default_factory=dict)  # transfer: grid centre per "PARAM/OPT" or "OPT"
     lr_ratio: Annotated[float, Field(gt=1.0)] = 4.0  # transfer: ratio of neighbouring rates of the grid

@@ -410,3 +410,17 @@ def test_aposteriori_sweep_reports_the_plain_solver_ladder_and_reuses_it(tiny_co
     again = plain_ladder(config, data, out / "ladder")
     assert (out / "ladder" / "plain@32_filtered.nc").stat().st_mtime_ns == stamp  # reused, not recomputed
     assert again["plain@32:filtered"]["error"] == pytest.approx(errors[1])
+
+
+def test_gamma_study_trains_with_its_one_optimizer(tiny_config, tiny_dataset, tmp_path):
+    from closure.errors import ClosureError
+    from closure.study.grid import study_runs
+
+    adam = _sweep_config(tiny_config, vary=["outer"], gammas=[1.0], widths=[8], seeds=1, optimizers=["adam"])
+    runs = study_runs(adam, 1000, {(1.0, 1.0): 0.01})
+    assert [r.optimizer for r in runs] == ["adam"] and runs[0].name.endswith("_adam")
+    assert study_runs(_sweep_config(tiny_config, vary=["outer"], gammas=[1.0], widths=[8], seeds=1), 1000,
+                      {(1.0, 1.0): 0.01})[0].name == "study_go1_gi1_w8_s0"  # SGD names unchanged (caches stay valid)
+    both = _sweep_config(tiny_config, optimizers=["sgd", "adam"])
+    with pytest.raises(ClosureError, match="one optimizer"):
+        sweep(both, tiny_dataset, tmp_path / "x", workers=0, progress=False)

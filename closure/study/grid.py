@@ -61,6 +61,7 @@ class Run:
         if self.kind == "transfer":
             return f"transfer_{self.label}_{self.optimizer}_w{self.width}_s{self.seed}_lr{self.lr:.6g}"
         base = f"{self.kind}_{self.label}_w{self.width}_s{self.seed}"
+        base += "" if self.optimizer == "sgd" else f"_{self.optimizer}"
         return base + (f"_lr{self.lr:.4g}" if self.kind == "tune" else "")
 
     @property
@@ -126,6 +127,11 @@ def tune_width(config: Config) -> int:
     return int(widths[len(widths) // 2])
 
 
+def study_optimizer(config: Config) -> str:
+    """The gamma study's optimizer: the one entry of ``sweep.optimizers`` (SGD by default)."""
+    return str(config.sweep.optimizers[0])
+
+
 def study_runs(config: Config, n_train_points: int, lrs: dict) -> list[Run]:
     """The study's runs for the gamma pairs whose base rate is known (``lrs[pair]``)."""
     runs = []
@@ -135,14 +141,14 @@ def study_runs(config: Config, n_train_points: int, lrs: dict) -> list[Run]:
         for width in config.sweep.widths:
             for seed in range(config.sweep.seeds):
                 runs.append(Run("study", pair[0], pair[1], int(width), seed, float(lrs[pair]),
-                                steps_for(config, int(width), n_train_points)))
+                                steps_for(config, int(width), n_train_points), optimizer=study_optimizer(config)))
     return runs
 
 
 def tuning_runs(config: Config, n_train_points: int) -> list[Run]:
     width = tune_width(config)
-    return [Run("tune", go, gi, width, TUNE_SEED, base_lr(config) * float(f), steps_for(config, width, n_train_points))
-            for (go, gi) in gamma_pairs(config) for f in config.sweep.tune_factors]
+    return [Run("tune", go, gi, width, TUNE_SEED, base_lr(config) * float(f), steps_for(config, width, n_train_points),
+                optimizer=study_optimizer(config)) for (go, gi) in gamma_pairs(config) for f in config.sweep.tune_factors]
 
 
 def best_rates(config: Config, tune_results: dict[Run, dict]) -> dict:

@@ -21,11 +21,14 @@ runs whose only admissible differences are gamma, N and the seed, and it must
 follow the theory's dynamics: plain constant-rate SGD with the per-layer rates
 of ``closure.nn.param_groups``, no schedule, no gradient clipping, no early
 stopping, no Adam (all of which ``train`` offers and which change the
-dynamics the theory describes), and a budget in the theory's time t = k / N_L.
+dynamics the theory describes), and a budget in the theory's time t = k / N_L
+(``sweep.optimizers: [adam]`` trains with Adam and the rates of
+docs/normalization.md section 3 instead, outside the papers' theory).
 So each run here is a lean loop: the worker loads the (small) normalized
 training, validation and test fields once, draws ``sweep.batch_size`` points
-uniformly from all training points at every step (a generator seeded per
-cell, below), gathers their stencil patches and takes one SGD step on
+uniformly from all training points (or from the fixed subset of
+``sweep.train_points``, whole when the batch covers it) at every step (a
+generator seeded per cell, below), gathers their stencil patches and takes one SGD step on
 ``0.5 * mean (g(x) - y)^2`` in normalized units. The network is the
 ``StencilClosure`` of ``closure.nn`` (same patch order, same normalization
 buffers), so a trained run is a working closure (used by the optional
@@ -122,6 +125,9 @@ def sweep(config: Config, data: Union[str, Path], out_dir: Union[str, Path], *, 
     if sw.study == "gamma" and "inner" in sw.vary and depth < 2:
         raise ClosureError(f"sweep.vary includes 'inner' but the network has {depth} hidden layer "
                            "(set sweep.depth or model.hidden to 2 or more layers)")
+    if sw.study == "gamma" and len(sw.optimizers) != 1:
+        raise ClosureError(f"sweep.optimizers={list(sw.optimizers)}: the gamma study trains with one optimizer "
+                           "(list several only with sweep.study: transfer)")
     if sw.tune_lr and not sw.tune_factors:
         raise ClosureError("sweep.tune_lr is on but sweep.tune_factors is empty")
     if sw.seeds < 2:

@@ -195,7 +195,8 @@ def collect(config: Config, study: dict, tune: Optional[dict] = None, data: Opti
         "base_lr": base_lr(config),
         "tune_lr": int(sw.tune_lr),
         "tune_width": tune_width(config) if sw.tune_lr else -1,
-        "optimizer": "plain SGD, constant rate, per-layer rates of closure.nn.param_groups",
+        "optimizer": (f"plain {sw.optimizers[0].upper() if sw.optimizers[0] == 'sgd' else 'Adam'}, constant rate, "
+                      "per-layer rates of closure.nn.param_groups"),
         "dataset": str(data) if data is not None else "",
         "config": config_to_yaml(config),
     })
