@@ -117,8 +117,9 @@ def _can_fuse(equation, w: torch.Tensor, Fw: torch.Tensor, coefficient: torch.Te
 
 def _kept_block(equation, w: torch.Tensor, closure):
     """The equation's kept-columns layout for a fused step (`NavierStokes2D.kept_block`),
-    or None: autograd recording, a closure, or an equation without one."""
-    if not hasattr(equation, "kept_block") or _recording(w) or not w.is_complex():
+    or None: autograd recording, a closure called at the stages, or an equation without one."""
+    held = (closure.value_hat,) if isinstance(closure, HeldTendency) else ()
+    if not hasattr(equation, "kept_block") or _recording(w, *held) or not w.is_complex():
         return None
     return equation.kept_block(closure)
 
@@ -161,7 +162,7 @@ class ETDRK4:
         F = self.equation.explicit_hat
         block = _kept_block(self.equation, w, closure)
         if block is not None:
-            return self._kept_columns_step(block, w)
+            return self._kept_columns_step(block, w, closure)
         t_half, t_end = stage_time(self.equation, t, self.dt / 2), stage_time(self.equation, t, self.dt)
         Nw = F(w, t, closure)
         if _can_fuse(self.equation, w, Nw, self.E):
@@ -175,15 +176,21 @@ class ETDRK4:
         Nc = F(c, t_end, closure)
         return self.E * w + self.f1 * Nw + 2 * self.f2 * (Na + Nb) + self.f3 * Nc
 
-    def _kept_columns_step(self, block, w: torch.Tensor) -> torch.Tensor:
+    def _kept_columns_step(self, block, w: torch.Tensor, held: Optional["HeldTendency"] = None) -> torch.Tensor:
         """The fused step on the equation's kept-columns layout (`kept_block`): the same
-        multiply-adds on the columns where ``N + f`` is non-zero, ``e^{hL} w`` elsewhere."""
+        multiply-adds on the columns where ``N + f`` is non-zero, ``e^{hL} w`` elsewhere, plus
+        ``(f1 + 4 f2 + f3) c`` there for a held closure ``c`` (the stages' sum with ``N = c``)."""
         if self.__dict__.get("_block") is not block:
             self._block = block
             self._block_coefficients = {name: block.coefficient(c) for name, c in
                                         (("E", self.E), ("E2", self.E2), ("Q", self.Q), ("f1", self.f1),
                                          ("f2x2", 2 * self.f2), ("f3", self.f3))}
-        k, F = self._block_coefficients, block.explicit
+            self._held_factor = self.f1 + 4 * self.f2 + self.f3
+        k, source = self._block_coefficients, block.source(held)
+
+        def F(state):
+            return block.explicit(state, source)
+
         wr = block.pack(w)
         Nw = F(wr)
         e2w = wr * k["E2"]
@@ -195,7 +202,7 @@ class ETDRK4:
         Nc = F(c)                                               # c = E2 a + Q (2 N(b) - N(w))
         out = torch.mul(wr, k["E"], out=block.new_state(w.shape[0]))
         out.addcmul_(Nw, k["f1"]).addcmul_(Na.add_(Nb), k["f2x2"]).addcmul_(Nc, k["f3"])
-        return block.unpack(out, w, self.E)
+        return block.add_held(block.unpack(out, w, self.E), held, self._held_factor)
 
     def _fused_step(self, w: torch.Tensor, Nw: torch.Tensor, t: float, t_half: float, t_end: float,
                     closure) -> torch.Tensor:
@@ -249,7 +256,7 @@ class CrankNicolsonRK4:
     def step(self, w: torch.Tensor, t: float, closure: Optional[Callable] = None) -> torch.Tensor:
         block = _kept_block(self.equation, w, closure)
         if block is not None:
-            return self._kept_columns_step(block, w)
+            return self._kept_columns_step(block, w, closure)
         F = self.equation.explicit_hat
         h = None
         owned = False  # whether w is a temporary of this step (may be updated in place)
@@ -267,27 +274,32 @@ class CrankNicolsonRK4:
             owned = False
         return w
 
-    def _kept_columns_step(self, block, w: torch.Tensor) -> torch.Tensor:
+    def _kept_columns_step(self, block, w: torch.Tensor, held: Optional["HeldTendency"] = None) -> torch.Tensor:
         """The fused stages on the equation's kept-columns layout (`kept_block`); elsewhere
-        ``F = 0``, so ``h = 0`` and each stage multiplies by ``A_k``."""
+        ``F = 0``, so ``h = 0`` and each stage multiplies by ``A_k``; with a held closure
+        ``F = c`` there, which adds ``S c`` (``S``: the stages run on ``w = 0, c = 1``)."""
         if self.__dict__.get("_block") is not block:
             self._block = block
             self._block_stages = [(beta, block.coefficient(A), block.coefficient(B))
                                   for _, beta, A, B in self.stages]
             rest = torch.ones_like(self.equation.linear, dtype=torch.float64)
-            for _, _, A, _ in self.stages:
+            held_factor, h = torch.zeros_like(rest), torch.zeros_like(rest)
+            for _, beta, A, B in self.stages:
                 rest = rest * A.to(torch.float64)
+                h = 1 + beta * h
+                held_factor = A.to(torch.float64) * held_factor + B.to(torch.float64) * h
             self._block_rest = rest.to(self.equation.linear.dtype)
-        state, h = block.pack(w), None
+            self._held_factor = held_factor.to(self.equation.linear.dtype)
+        state, h, source = block.pack(w), None, block.source(held)
         for k, (beta, A, B) in enumerate(self._block_stages):
-            Fw = block.explicit(state)
+            Fw = block.explicit(state, source)
             h = Fw if h is None else Fw.add_(h, alpha=beta)     # h <- F + beta h
             if k == len(self._block_stages) - 1:                # w <- A w + B h
                 state = torch.mul(state, A, out=block.new_state(w.shape[0]))
             else:
                 state = state * A if k == 0 else state.mul_(A)
             state.addcmul_(h, B)
-        return block.unpack(state, w, self._block_rest)
+        return block.add_held(block.unpack(state, w, self._block_rest), held, self._held_factor)
 
 
 # method name -> stepper: a function of (equation, dt) returning an object with ``step(w_hat, t, closure)``

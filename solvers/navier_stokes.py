@@ -24,6 +24,7 @@ import threading
 import torch
 
 from solvers.equation import SpectralEquation
+from solvers.integrators import HeldTendency
 
 __all__ = ["NavierStokes2D"]
 
@@ -96,8 +97,10 @@ class NavierStokes2D(SpectralEquation):
 
     def kept_block(self, closure=None) -> "KeptColumns | None":
         """The kept-columns layout of the fused step (`KeptColumns`), or None where it does
-        not apply: with a closure, or a forcing that is unsteady or has modes ``m_x > n // 3``."""
-        if closure is not None or (self.forcing is not None and self._steady_forcing_hat is None):
+        not apply: with a closure called at the stages (a `HeldTendency`, the closure held
+        over the step, does apply), or a forcing that is unsteady or has modes ``m_x > n // 3``."""
+        held = isinstance(closure, HeldTendency)
+        if (closure is not None and not held) or (self.forcing is not None and self._steady_forcing_hat is None):
             return None
         if "_kept_block" not in self.__dict__:
             f = self._steady_forcing_hat
@@ -140,7 +143,10 @@ class KeptColumns:
 
     Outside them the explicit term ``N(w) + f`` is zero (2/3 truncation, forcing checked
     by `NavierStokes2D.kept_block`), so those modes evolve by the exact linear factor
-    ``e^{dt L}`` and only the kept columns enter the stages. Inside, fields are stored
+    ``e^{dt L}`` and only the kept columns enter the stages. A closure held over the step
+    (`HeldTendency`, value ``c``) joins the forcing on the kept columns (`source`); elsewhere
+    it is a constant source, ``w -> R w + S c`` with the integrator's factors (the stages'
+    sums with ``N = 0``, formed by the integrator). Inside, fields are stored
     ``[m_x, m_y]``-ordered, ``(batch, kept, n)``, as real views ``(batch, kept, n, 2)``:
     the y transforms then run on contiguous rows and every transposition is one copy
     whose source rows are not a power-of-two bytes apart (rows padded by ``_PAD``
@@ -200,8 +206,26 @@ class KeptColumns:
         torch.mul(w_hat[..., self.kept:], rest[..., self.kept:], out=out[..., self.kept:])
         return out
 
-    def explicit(self, state: torch.Tensor) -> torch.Tensor:
-        """``N(w) + f`` on the kept columns, real ``(batch, kept, n, 2)`` (a fresh tensor)."""
+    def source(self, held: "HeldTendency | None" = None) -> "torch.Tensor | None":
+        """``f + c`` on the kept columns, real ``(kept, n, 2)`` or ``(batch, kept, n, 2)``, for
+        `explicit` (``c`` the value of a held closure; None without forcing and closure)."""
+        if held is None:
+            return self.forcing
+        c = torch.view_as_real(self._columns(held.value_hat))
+        return c if self.forcing is None else c.add_(self.forcing)
+
+    def add_held(self, out: torch.Tensor, held: "HeldTendency | None", factor: torch.Tensor) -> torch.Tensor:
+        """``out + factor * c`` beyond the kept columns (in place; ``out`` from `unpack`), where
+        a held closure ``c`` is the only explicit term; ``out`` unchanged without one."""
+        if held is not None:
+            kept = self.kept
+            out[..., kept:].addcmul_(held.value_hat[..., kept:], factor[..., kept:])
+        return out
+
+    def explicit(self, state: torch.Tensor, source: "torch.Tensor | None" = None) -> torch.Tensor:
+        """``N(w) + f`` on the kept columns, real ``(batch, kept, n, 2)`` (a fresh tensor);
+        ``source`` (from `source`) replaces the forcing ``f``."""
+        source = self.forcing if source is None else source
         n, kept = self.n, self.kept
         work = self._work(state.shape[0])
         w = torch.view_as_complex(state)
@@ -218,8 +242,8 @@ class KeptColumns:
         products_hat = torch.fft.fft(torch.fft.rfft(products, dim=-1)[..., :kept].transpose(-1, -2), dim=-1)
         products_hat = torch.view_as_real(products_hat)
         ops = self.advection_ops
-        out = (products_hat[:, 0] * ops[0] if self.forcing is None
-               else torch.addcmul(self.forcing, products_hat[:, 0], ops[0]))
+        out = (products_hat[:, 0] * ops[0] if source is None
+               else torch.addcmul(source, products_hat[:, 0], ops[0]))
         return out.addcmul_(products_hat[:, 1], ops[1])
 
 

@@ -193,6 +193,29 @@ def test_fused_step_matches_differentiable_path(method):
         assert torch.allclose(fast_hat[..., 17:], factor * w_hat[..., 17:], rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("method", ["etdrk4", "cnrk4"])
+def test_fused_step_with_a_held_closure_matches_the_reference(method):
+    # once per step: the kept-columns step with the held tendency (all modes, also beyond the
+    # kept columns) equals the differentiable full-spectrum step to roundoff
+    eq = kolmogorov(48)
+    w = solvers.random_vorticity(eq.grid, seeds=[1, 2], peak_wavenumber=6, energy=2.0)
+    x, y = eq.grid.mesh()
+    pattern = torch.cos(3 * x + y) + 0.5 * torch.sin(20 * x - 7 * y)   # m_x = 20 > 16: beyond the kept columns
+
+    def closure(state):
+        return -0.3 * state + 0.5 * torch.tanh(state) * pattern
+
+    block = eq.kept_block(solvers.integrators.HeldTendency(eq.grid.to_spectral(w)))
+    assert block is not None
+    with torch.no_grad():
+        fast = eq.simulate(w, dt=0.02, steps=10, method=method, closure=closure, closure_per_stage=False)
+    ref = eq.simulate(w.clone().requires_grad_(True), dt=0.02, steps=10, method=method, closure=closure,
+                      closure_per_stage=False).detach()
+    assert ((fast - ref).norm() / ref.norm()).item() < 1e-13
+    plain = eq.simulate(w, dt=0.02, steps=10, method=method)
+    assert ((fast - plain).norm() / plain.norm()).item() > 1e-2   # the closure acted
+
+
 def test_fused_step_falls_back_without_the_kept_columns_layout():
     # a forcing beyond the kept columns, or a closure: the full-spectrum path
     eq = solvers.NavierStokes2D(24, viscosity=0.02, forcing=solvers.Guan(10, 1.0), dtype=F64)

@@ -166,6 +166,38 @@ def test_cnn_output_variance_follows_channel_law():
         assert abs(slope - (1 - 2 * gamma)) < 0.15, slope
 
 
+@pytest.mark.parametrize("ndim,shape", [(1, (3, 20)), (2, (3, 12, 12)), (3, (2, 3, 6, 6, 6))])
+@pytest.mark.parametrize("activation", ["tanh", "gelu"])
+def test_cnn_folded_inference_equals_the_network(ndim, shape, activation):
+    """Without autograd the closure runs its folded form (normalization, scales and tanh's
+    affine part inside the convolutions): the same values to roundoff, rebuilt after updates."""
+    torch.manual_seed(0)
+    features = ["gradient"] if ndim < 3 else []
+    model = ConvClosure(ndim, stencil=3, hidden=[4, 6], gammas=[0.5, 1.0], activation=activation, features=features)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        model.input_mean.normal_()
+        model.input_std.uniform_(0.5, 2.0)
+        model.output_mean.fill_(0.3)
+        model.output_std.fill_(2.0)
+        model.net.bC.fill_(0.2)
+
+    def compare():
+        reference = model(x).detach()          # grad mode: the network itself
+        with torch.no_grad():
+            fast = model(x)
+        assert fast.shape == reference.shape
+        assert (fast - reference).abs().max() <= 1e-13 * reference.abs().max()
+        return fast
+
+    before = compare()
+    with torch.no_grad():                       # an optimizer-like in-place update: refolded
+        model.net.weights[1].mul_(1.5)
+        model.input_std.mul_(0.5)
+    after = compare()
+    assert not torch.allclose(before, after)
+
+
 class Section:
     """A config section as an object with attributes (like the pydantic ModelConfig)."""
 

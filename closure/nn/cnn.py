@@ -11,6 +11,14 @@ s^(-d/2) is a fixed constant (kernel size does not grow with width): it keeps
 the kernel sum O(1), as the notes assume, so pre-activations do not saturate
 for large kernels. Init as in the MLP: W, b ~ N(0, 1), C ~ U[-1, 1], b_C = 0.
 The per-layer rates are the MLP's with channel counts (``param_groups``).
+
+Inference (`ConvClosure` without autograd recording) runs `FoldedCNN`: the same
+function with the input normalization, the layer multipliers, the output scaling
+and the affine part of tanh(z) = 2 sigmoid(2z) - 1 folded into the convolution
+weights and biases (exact: the convolutions are periodic, so a constant input
+offset is a constant output offset), i.e. per layer one circular pad, one
+convolution with bias and one in-place activation, and one matrix product for
+the readout.
 """
 
 from __future__ import annotations
@@ -148,6 +156,72 @@ class MeanFieldCNN(MeanFieldNet):
         return f"ndim={self.ndim}, channels={self.widths}, gammas={self.gammas}, kernel_size={self.kernel_size}"
 
 
+# CPU convolutions whose in x out channel product is at most this run on torch's native
+# (im2col + GEMM) kernel instead of oneDNN: for the closure's small layers on 32^2 grids
+# oneDNN was 2-7x slower (docs/performance.md, "Coupled LES"); for 32 x 32 channels it wins.
+NATIVE_CONV_MAX_CHANNELS = 64
+
+
+class FoldedCNN:
+    """The inference form of a `ConvClosure`: raw input channels -> physical SGS tendency.
+
+    With the stored input statistics (mu, sd), layer multipliers a_l, output scale c and
+    output statistics (m, s), every layer's input is an affine image ``alpha u + beta`` per
+    channel of the stored tensor u (the normalized channels for l = 1, with alpha = 1/sd,
+    beta = -mu/sd; for tanh the stored ``u = sigmoid(2z)`` with alpha = 2, beta = -1), so
+
+        W_eff = k a_l W alpha,    b_eff = k (b + a_l sum_{c, taps} W beta)
+
+    with ``k = 2`` before a tanh (its sigmoid(2z)) and 1 otherwise; the readout
+    ``s (c C (alpha u + beta) + b_C) + m`` likewise. Folded in float64 from the current
+    parameters, then cast to their dtype. Same values as ``ConvClosure.forward`` to roundoff.
+    """
+
+    def __init__(self, closure: "ConvClosure"):
+        net = closure.net
+        dtype = closure.input_mean.dtype
+        tanh = net.activation == "tanh"
+        with torch.no_grad():
+            alpha = 1.0 / closure.input_std.double()
+            beta = -closure.input_mean.double() * alpha
+            self.layers = []
+            for layer, (w, a) in enumerate(zip(net.weights, net.layer_scales())):
+                w = w.double() * a
+                shape = (1, -1) + (1,) * net.ndim
+                bias = (w * beta.view(shape)).flatten(1).sum(1)
+                if net.biases is not None:
+                    bias = bias + net.biases[layer].double()
+                w = w * alpha.view(shape)
+                k = 2.0 if tanh else 1.0
+                self.layers.append(((k * w).to(dtype), (k * bias).to(dtype)))
+                alpha = torch.full_like(bias, 2.0 if tanh else 1.0)
+                beta = torch.full_like(bias, -1.0 if tanh else 0.0)
+            readout = net.C.double() * net.output_scale
+            out_bias = readout @ beta + (net.bC.double() if net.bC is not None else 0.0)
+            std, mean = closure.output_std.double(), closure.output_mean.double()
+            self.readout = ((readout * alpha * std).to(dtype), (out_bias * std + mean).to(dtype))
+        self.ndim = net.ndim
+        self.activation = torch.sigmoid_ if tanh or net.activation == "sigmoid" else net.sigma
+        self.native = max(w.shape[0] * w.shape[1] for w, _ in self.layers) <= NATIVE_CONV_MAX_CHANNELS
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw channels (batch, C, *grid) -> the tendency (batch, out_channels, *grid)."""
+        if self.native and x.device.type == "cpu":
+            # only the `enabled` flag changes (setting the others warns on builds without XPU)
+            with torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None):
+                return self._run(x)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.ndim]
+        h = x
+        for w, b in self.layers:
+            h = self.activation(conv(periodic_pad(h, w.shape[-1] // 2, self.ndim), w, b))
+        weight, bias = self.readout
+        y = torch.matmul(weight, h.flatten(2)).add_(bias.unsqueeze(-1))
+        return y.view(h.shape[:1] + y.shape[1:2] + h.shape[2:])
+
+
 class ConvClosure(FieldClosure):
     """Closure ``model(state) -> tendency`` with a MeanFieldCNN on the normalized channels."""
 
@@ -170,6 +244,26 @@ class ConvClosure(FieldClosure):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
         return y if self.ndim == 3 else y.squeeze(1)  # 3D: the three SGS components
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """SGS tendency of a raw state; without autograd recording through `FoldedCNN`
+        (rebuilt when a parameter or statistic changes), unless ``predict`` was replaced
+        (`closure.les.coupled.compile_closure`)."""
+        if torch.is_grad_enabled() or "predict" in vars(self):
+            return super().forward(state)
+        self._check_state(state)
+        y = self.folded()(self.channels(state))
+        return y if self.ndim == 3 else y.squeeze(1)
+
+    def folded(self) -> FoldedCNN:
+        """The current `FoldedCNN` (cached; rebuilt after any in-place update, load or move)."""
+        if "_folded_modules" not in self.__dict__:  # the structure is fixed; the tensors may be replaced
+            self._folded_modules = list(self.modules())
+        key = tuple((t.data_ptr(), t._version, t.dtype) for m in self._folded_modules
+                    for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
+        if self.__dict__.get("_folded_key") != key:
+            self._folded, self._folded_key = FoldedCNN(self), key
+        return self._folded
 
     def architecture(self) -> dict:
         net = self.net.architecture()["kwargs"]

@@ -184,6 +184,8 @@ def feature_channels(state: torch.Tensor, ndim: int, features: Sequence[str], le
     """Stack [field, derived features...] as channels: (batch, C, *grid)."""
     if ndim == 3:
         return torch.cat([state] + _spectral_3d(state, length, features), dim=1)
+    if not features:
+        return state.unsqueeze(1)
     derived = _spectral_1d(state, length, features) if ndim == 1 else _spectral_2d(state, length, features)
     return torch.stack([state] + derived, dim=1)
 
