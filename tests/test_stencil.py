@@ -191,11 +191,13 @@ def test_cnn_folded_inference_equals_the_network(ndim, shape, activation):
         return fast
 
     before = compare()
-    with torch.no_grad():                       # an optimizer-like in-place update: refolded
+    folded = model.folded().tensors()
+    with torch.no_grad():                       # an optimizer-like in-place update: refolded in place
         model.net.weights[1].mul_(1.5)
         model.input_std.mul_(0.5)
     after = compare()
     assert not torch.allclose(before, after)
+    assert all(a is b for a, b in zip(folded, model.folded().tensors()))   # what a CUDA graph captured
 
 
 class Section:

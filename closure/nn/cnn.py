@@ -204,6 +204,20 @@ class FoldedCNN:
         self.activation = torch.sigmoid_ if tanh or net.activation == "sigmoid" else net.sigma
         self.native = max(w.shape[0] * w.shape[1] for w, _ in self.layers) <= NATIVE_CONV_MAX_CHANNELS
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for layer in (*self.layers, self.readout) for t in layer]
+
+    def update(self, other: "FoldedCNN") -> bool:
+        """Copy ``other``'s values into these tensors (in place) if they match in shape, dtype
+        and device; returns whether it did."""
+        mine, theirs = self.tensors(), other.tensors()
+        if len(mine) != len(theirs) or any((a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device)
+                                           for a, b in zip(mine, theirs)):
+            return False
+        for a, b in zip(mine, theirs):
+            a.copy_(b)
+        return True
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Raw channels (batch, C, *grid) -> the tendency (batch, out_channels, *grid)."""
         if self.native and x.device.type == "cpu":
@@ -262,7 +276,10 @@ class ConvClosure(FieldClosure):
         key = tuple((t.data_ptr(), t._version, t.dtype) for m in self._folded_modules
                     for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
         if self.__dict__.get("_folded_key") != key:
-            self._folded, self._folded_key = FoldedCNN(self), key
+            folded, old = FoldedCNN(self), self.__dict__.get("_folded")
+            if old is not None and old.update(folded):
+                folded = old  # same tensors, new values: a CUDA graph that captured them stays valid
+            self._folded, self._folded_key = folded, key
         return self._folded
 
     def architecture(self) -> dict:
