@@ -1,13 +1,13 @@
 """CFL-adaptive steps vs a config's fixed dt, at equal accuracy (self-convergence).
 
-    python benchmarks/adaptive_dt.py [--config configs/quickstart.yaml] [--spinup 5]
+    python benchmarks/adaptive_dt.py [--config configs/quickstart.yaml] --dt 0.004 [--spinup 5]
                                      [--time 2] [--cfl 1.0 0.8 0.6 0.5 0.4 0.3] [--threads 1]
 
 From the config's random initial condition (trajectory 0), the DNS is spun up for
-``--spinup`` model time with the config's fixed ``dns.dt`` (float64), then
-integrated for ``--time`` more with: the fixed ``dns.dt``, a reference fixed step
-``dns.dt / --ref-factor`` (default 8: its ETDRK4 error is ~4000x smaller), and
-`solvers.CFL` steps for each ``--cfl`` (landing on the same save times, every
+``--spinup`` model time with the fixed step ``--dt`` (default: the config's
+``dns.dt`` when it is a number; float64), then integrated for ``--time`` more with:
+the fixed step, a reference fixed step ``dt / --ref-factor`` (default 8: its
+ETDRK4 error is ~4000x smaller), and `solvers.CFL` steps for each ``--cfl`` (landing on the same save times, every
 ``dns.sample_interval``). The error is the relative L2 difference of the vorticity
 to the reference over the saves. The table gives the steps, the mean step, the
 wall time (one torch thread, best of ``--repeats`` interleaved rounds) and model
@@ -39,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--spinup", type=float, default=5.0, help="model time of fixed-dt spin-up")
     p.add_argument("--time", type=float, default=2.0, help="model time compared")
     p.add_argument("--cfl", type=float, nargs="+", default=[1.0, 0.8, 0.6, 0.5, 0.4, 0.3])
+    p.add_argument("--dt", type=float, default=None,
+                   help="the fixed step compared (default: the config's dns.dt; needed when it is auto)")
     p.add_argument("--ref-factor", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -49,7 +51,9 @@ def main(args):
     torch.set_num_threads(args.threads)
     config = load_config(args.config, ["dtype=float64", "device=cpu"])
     d = config.dns
-    dt = 1e-3 if d.adaptive else float(d.dt)
+    if args.dt is None and d.adaptive:
+        sys.exit(f"{args.config}: dns.dt is auto; give the fixed step to compare with --dt")
+    dt = float(args.dt or d.dt)
     seeds = trajectory_seeds(config, [0])
     eq = dns_equation(config, dtype=torch.float64, device="cpu", seeds=seeds)
     w0 = initial_state(config, eq.grid, seeds).to(torch.float64)

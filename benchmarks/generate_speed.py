@@ -1,8 +1,9 @@
 """Dataset generation speed versus batch size (trajectories integrated together).
 
 For each config and batch size B, runs `closure.data.generation.simulate_batch` on B
-trajectories for a reduced number of steps (the config's own dt, grids, filter,
-sample interval) and reports
+trajectories for a reduced number of steps (the config's own dt, or for ``dns.dt: auto``
+a fixed step near the initial state's CFL step; its grids, filter, sample interval) and
+reports
 
 - ms per batched DNS step, and per trajectory-step (= ms per step / B),
 - the cost of B trajectories relative to B separate runs of one (batching gain),
@@ -19,6 +20,7 @@ of "## Dataset generation" (only that part is replaced).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import re
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from closure.config import load_config  # noqa: E402
 from closure.data.generation import simulate_batch  # noqa: E402
+from closure.data.system import dns_equation, dns_step_size, initial_state, trajectory_seeds  # noqa: E402
 
 # steps timed per config (kept short for the large grid)
 STEPS = {"quickstart": 200, "kolmogorov2d": 20}
@@ -58,7 +61,7 @@ def measure(config, batch: int, steps: int, device: str, repeats: int = 2) -> tu
     # snapshot cost: a run with no steps between two snapshots is not allowed; estimate from the
     # filter + sgs evaluation directly
     from closure.data.sgs import sgs_hat
-    from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
+    from closure.data.system import les_equation, make_filter
 
     seeds = trajectory_seeds(cfg, ids)
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
@@ -75,12 +78,26 @@ def measure(config, batch: int, steps: int, device: str, repeats: int = 2) -> tu
     return t_step, t_snap
 
 
+def fixed_step(config):
+    """``config``, with ``dns.dt: auto`` replaced by a fixed step near the CFL step of the
+    random initial state (a step's cost does not depend on its size; the projection's step
+    count is then an estimate)."""
+    d = config.dns
+    if not d.adaptive:
+        return config
+    seeds = trajectory_seeds(config, [0])
+    eq = dns_equation(config, torch.float64, "cpu", seeds)
+    h = dns_step_size(config, eq, eq.grid.to_spectral(initial_state(config, eq.grid, seeds)))
+    dt = d.sample_interval / math.ceil(d.sample_interval / h - 1e-9)
+    return config.model_copy(update={"dns": d.model_copy(update={"dt": dt})})
+
+
 def run(names, batches, threads, device, rounds=3):
     """Best of ``rounds`` interleaved measurements per batch size (robust to a busy machine)."""
     torch.set_num_threads(threads)
     rows = []
     for name in names:
-        config = load_config(ROOT / "configs" / f"{name}.yaml")
+        config = fixed_step(load_config(ROOT / "configs" / f"{name}.yaml"))
         d = config.dns
         steps_per_traj = d.spinup_steps + (d.samples - 1) * d.sample_steps
         best = {b: (float("inf"), float("inf")) for b in batches}

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from closure.les.baselines import make_closure  # noqa: E402
 from closure.config import load_config, resolve_device, resolve_dtype  # noqa: E402
-from closure.data.system import dns_equation, les_equation, trajectory_seeds  # noqa: E402
+from closure.data.system import dns_equation, dns_step_size, les_equation, trajectory_seeds  # noqa: E402
 
 SECTION = "## Coupled LES"
 MODELS = ("none", "smagorinsky", "dynamic_smagorinsky", "leith")
@@ -129,7 +129,8 @@ def run(config, batches, device, dtype, extra=(), compiled=False):
     for batch in batches:
         dns = dns_equation(config, dtype=dtype, device=device, seeds=trajectory_seeds(config, range(batch)))
         w = random_state(config, dns.grid, batch).to(device=device, dtype=dtype)
-        dns_ms = time_steps(dns, w, config.dns.dt, None, config.dns.integrator, min_steps=2, budget_s=2.0,
+        dns_dt = dns_step_size(config, dns, dns.grid.to_spectral(w))  # dns.dt: auto: the initial state's step
+        dns_ms = time_steps(dns, w, dns_dt, None, config.dns.integrator, min_steps=2, budget_s=2.0,
                             max_steps=50)
         dns_rows[batch] = dns_ms
         les = les_equation(config, dtype=dtype, device=device, seeds=trajectory_seeds(config, range(batch)))
@@ -144,10 +145,15 @@ def run(config, batches, device, dtype, extra=(), compiled=False):
             solver_closure = None if name == "none" else closure
             ms = time_steps(les, v, config.run.dt, solver_closure, config.run.integrator, per_stage=per_stage)
             base = ms if name == "none" else base
-            speedup = (dns_ms / config.dns.dt) / (ms / config.run.dt)
+            speedup = (dns_ms / dns_dt) / (ms / config.run.dt)
             rows.append({"batch": batch, "model": name, "ms_step": ms, "ms_step_traj": ms / batch,
                          "vs_none": ms / base, "speedup": speedup})
     return rows, dns_rows
+
+
+def _dns_dt(config) -> str:
+    d = config.dns
+    return f"auto, cfl {d.cfl:g}: the random initial state's CFL step" if d.adaptive else f"{d.dt:g}"
 
 
 def table(config, rows, dns_rows, device, threads) -> str:
@@ -155,7 +161,7 @@ def table(config, rows, dns_rows, device, threads) -> str:
     lines = [
         f"LES {c.les.resolution}^{c.system.ndim if c.system.ndim > 1 else ''} ({c.run.integrator}, run.dt = {c.run.dt:g})"
         f" vs DNS {c.dns.resolution}^{c.system.ndim if c.system.ndim > 1 else ''} ({c.dns.integrator}, dns.dt = "
-        f"{c.dns.dt:g}), {c.dtype}, device {device}, torch {torch.__version__}, {threads} thread(s), "
+        f"{_dns_dt(c)}), {c.dtype}, device {device}, torch {torch.__version__}, {threads} thread(s), "
         f"{platform.processor() or platform.machine()}, load average {_load()} on {_cores()} cores. "
         f"Learned closures: freshly initialised networks (the weights do not change the cost); "
         f"'per stage' = the closure at each integrator stage, 'once per step' = `run.closure_per_stage: false`.",

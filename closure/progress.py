@@ -38,8 +38,8 @@ class _LogBar:
             self.last = now
             rate = self.n / max(now - self.start, 1e-9)
             eta = (self.total - self.n) / rate if self.total and rate > 0 else 0.0
-            total = f"/{self.total}" if self.total else ""
-            print(f"[{self.desc}] {self.n}{total} {self.unit} ({rate:.3g} {self.unit}/s, eta {eta:.0f}s){self.postfix}",
+            total = f"/{self.total:.6g}" if self.total else ""
+            print(f"[{self.desc}] {self.n:.6g}{total} {self.unit} ({rate:.3g} {self.unit}/s, eta {eta:.0f}s){self.postfix}",
                   file=sys.stderr, flush=True)
 
     def set_postfix(self, **kwargs):

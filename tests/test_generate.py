@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from closure.data import generation as gen
-from closure.config import config_from_dict
+from closure.config import config_from_dict, load_config
 from closure.data.dataset import dataset_config, open_dataset
 from closure.errors import ClosureError
 from closure.data.sgs import filtered_field_and_sgs
@@ -209,6 +209,39 @@ def test_adaptive_dt_lands_on_the_sample_times_and_matches_a_small_fixed_dt(tmp_
     assert ds.attrs["dt"] == "auto"
     err = np.linalg.norm(ds["omega"].values - fine.field) / np.linalg.norm(fine.field)
     assert 1e-12 < err < 1e-5, err
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name, former_dt, window", [
+    ("quickstart", 4e-3, ["dns.spinup_time=0.4", "dns.sample_interval=0.1"]),
+    ("kolmogorov2d", 1e-3, ["dns.spinup_time=0.01", "dns.sample_interval=0.005"]),
+])
+def test_the_configs_adaptive_steps_land_on_the_samples_as_accurate_as_their_former_fixed_dt(
+        tmp_path, name, former_dt, window):
+    """The shipped configs step with ``dns.dt: auto``: snapshots exactly on the sample times,
+    and (ETDRK4, fourth order) an error against a 4x smaller fixed step no larger than that
+    of the fixed step the config had before (its accuracy was chosen by hand)."""
+    from closure.data.parallelism import estimated_steps
+
+    path = ROOT / "configs" / f"{name}.yaml"
+    short = ["dtype=float64", "device=cpu", "dns.trajectories=1", "dns.batch_size=1", "dns.samples=3", *window]
+    config = load_config(path, short)
+    assert config.dns.adaptive
+    ds = _load(gen.generate(config, tmp_path / "auto.nc", progress=False))
+    np.testing.assert_array_equal(ds["time"].values, config.dns.sample_times())   # exactly
+    steps = ds["dns_steps"].values
+    assert steps.shape == (1, 3) and (steps > 0).all()
+    assert 0.7 < estimated_steps(config) / steps.sum() < 1.4    # the layout's guess (from the initial state)
+    fine = gen.simulate_batch(load_config(path, [*short, f"dns.dt={former_dt / 4}"]), [0])
+    fixed = gen.simulate_batch(load_config(path, [*short, f"dns.dt={former_dt}"]), [0])
+
+    def error(field):
+        return np.linalg.norm(field - fine.field) / np.linalg.norm(fine.field)
+
+    err, err_fixed = error(ds["omega"].values), error(fixed.field)
+    assert 0 < err <= 1.25 * err_fixed, (err, err_fixed)   # the reference's own error is ~256x smaller
 
 
 def test_adaptive_dt_needs_a_steady_forcing(tiny_burgers_config):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time as _time
 import uuid
@@ -38,12 +37,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from solvers import CFL, BlowUpError
+from solvers import BlowUpError
 
 from closure.data import dataset as ds_io
 from closure.data.parallelism import choose_layout, dask_client
 from closure.data.sgs import sgs_hat
-from closure.data.system import dns_equation, initial_state, les_equation, make_filter, trajectory_seeds
+from closure.data.system import dns_equation, dns_step_rule, initial_state, les_equation, make_filter, trajectory_seeds
 from closure.config import Config, config_from_yaml, config_to_yaml, resolve_device, resolve_dtype
 from closure import storage
 from closure.errors import ClosureError
@@ -139,7 +138,7 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
             on_steps(time - clock[0])
             clock[0] = time
 
-        run = dict(dt=CFL(cfl=d.cfl, max_dt=d.max_dt or math.inf), save_times=d.sample_times())
+        run = dict(dt=dns_step_rule(config), save_times=d.sample_times())
         advice = f"dns.dt=auto, dns.cfl={d.cfl:g}); lower dns.cfl or raise dns.resolution"
     else:  # absolute step numbers of the snapshots
         targets = [d.spinup_steps + j * d.sample_steps for j in range(d.samples)]

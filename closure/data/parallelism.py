@@ -27,7 +27,7 @@ from typing import Optional
 from closure.config import Config, resolve_device
 from closure.errors import ClosureError
 
-__all__ = ["Layout", "choose_layout", "dask_client", "usable_cores"]
+__all__ = ["Layout", "choose_layout", "dask_client", "estimated_steps", "usable_cores"]
 
 # DNS grid points x steps below which a local cluster does not pay for its start-up
 # (~4e-8 s per point-step for an ETDRK4 NS2D step on one core: ~10 s of work)
@@ -87,11 +87,7 @@ def choose_layout(config: Config, workers: Optional[int] = None, threads: Option
     if workers is not None:
         n, reason = int(workers), "--workers"
     else:
-        if d.adaptive:  # steps unknown before the run: a guess with a unit velocity
-            dx = config.system.length / d.resolution
-            steps = d.sample_times()[-1] / min(d.max_dt or math.inf, d.cfl * dx)
-        else:
-            steps = d.spinup_steps + (d.samples - 1) * d.sample_steps
+        steps = estimated_steps(config)
         work = n_traj * steps * d.resolution ** config.system.ndim
         if cores == 1 or n_traj == 1:
             n, reason = 1, f"{cores} core(s), {n_traj} trajectory(ies)"
@@ -102,6 +98,23 @@ def choose_layout(config: Config, workers: Optional[int] = None, threads: Option
     batch = min(d.batch_size, math.ceil(n_traj / n))
     n = min(n, math.ceil(n_traj / batch))
     return Layout(n, int(threads or 1), batch, "cpu", reason)
+
+
+def estimated_steps(config: Config) -> float:
+    """DNS steps per trajectory: exact for a fixed ``dns.dt``; for ``dns.dt: auto`` the run's
+    length over the CFL step of trajectory 0's random initial state (statistically steady
+    flows are usually faster: an underestimate)."""
+    d = config.dns
+    if not d.adaptive:
+        return d.spinup_steps + (d.samples - 1) * d.sample_steps
+    import torch
+
+    from closure.data.system import dns_equation, dns_step_size, initial_state, trajectory_seeds
+
+    seeds = trajectory_seeds(config, [0])
+    eq = dns_equation(config, torch.float32, "cpu", seeds)
+    w_hat = eq.grid.to_spectral(initial_state(config, eq.grid, seeds).to(torch.float32))
+    return d.sample_times()[-1] / dns_step_size(config, eq, w_hat)
 
 
 def dask_client(scheduler: Optional[str], workers: Optional[int]):

@@ -9,11 +9,13 @@ Seeds for per-trajectory random forcing are ``trajectory_seeds(config, ids)``.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
 
 from closure.data.filters import Filter
+from solvers import CFL
 from solvers.forcing import Forcing, seed_for
 from solvers.spectral import SpectralGrid
 
@@ -83,6 +85,22 @@ def les_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequ
     base = None if unforced else make_forcing(config, seeds)
     forcing = None if base is None else FilteredForcing(base, make_filter(config))
     return _equation(config, config.les.resolution, forcing, dtype, device)
+
+
+def dns_step_rule(config):
+    """The DNS's ``dt`` for `solvers.simulate`: the fixed ``dns.dt``, or for ``dns.dt: auto`` a
+    `solvers.CFL` (CFL number ``dns.cfl``, steps at most ``dns.max_dt``)."""
+    d = config.dns
+    return CFL(cfl=d.cfl, max_dt=d.max_dt or math.inf) if d.adaptive else float(d.dt)
+
+
+def dns_step_size(config, equation, w_hat: torch.Tensor) -> float:
+    """One DNS step for the spectral state ``w_hat``: the fixed ``dns.dt``, or the CFL step
+    (at most the sample interval) for ``dns.dt: auto``."""
+    rule = dns_step_rule(config)
+    if isinstance(rule, float):
+        return rule
+    return min(config.dns.sample_interval, rule.largest_step(equation, w_hat))
 
 
 def initial_state(config, grid: SpectralGrid, seeds: Sequence[int]) -> torch.Tensor:

@@ -60,11 +60,10 @@ import numpy as np
 import torch
 
 import solvers
-from solvers import CFL
 
 from closure.data import dataset as ds_io
 from closure.data.generation import generation_key
-from closure.data.system import dns_equation, initial_state, les_equation, trajectory_seeds
+from closure.data.system import dns_equation, dns_step_size, initial_state, les_equation, trajectory_seeds
 from closure.les.baselines import BASELINES, CALIBRATION_FILE, NoClosure, is_baseline, is_calibrated_run, make_closure
 from closure.config import Config, resolve_device, resolve_dtype
 from closure import storage
@@ -168,9 +167,7 @@ def _time_dns(config, batch, device, dtype, max_steps, budget_s):
     eq = dns_equation(config, dtype=dtype, device=device, seeds=seeds)
     state = initial_state(config, eq.grid, seeds).to(device=device, dtype=dtype)
     d = config.dns
-    dt = d.dt
-    if d.adaptive:  # the CFL step of the initial state (the step the run starts with)
-        dt = CFL(cfl=d.cfl, max_dt=d.max_dt or d.sample_interval).largest_step(eq, eq.grid.to_spectral(state))
+    dt = dns_step_size(config, eq, eq.grid.to_spectral(state))  # dt: auto: the step the run starts with
     with torch.no_grad():
         _sync(eq.device)
         start = _time.perf_counter()
