@@ -3,7 +3,8 @@
     python benchmarks/adaptive_dt.py [--config configs/quickstart.yaml] --dt 0.004 [--spinup 5]
                                      [--time 2] [--cfl 1.0 0.8 0.6 0.5 0.4 0.3] [--threads 1]
 
-From the config's random initial condition (trajectory 0), the DNS is spun up for
+From the config's random initial condition (trajectory 0, or a batch of
+``--trajectories``: the batch shares its steps, set by its fastest flow), the DNS is spun up for
 ``--spinup`` model time with the fixed step ``--dt`` (default: the config's
 ``dns.dt`` when it is a number; float64), then integrated for ``--time`` more with:
 the fixed step, a reference fixed step ``dt / --ref-factor`` (default 8: its
@@ -41,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--cfl", type=float, nargs="+", default=[1.0, 0.8, 0.6, 0.5, 0.4, 0.3])
     p.add_argument("--dt", type=float, default=None,
                    help="the fixed step compared (default: the config's dns.dt; needed when it is auto)")
+    p.add_argument("--trajectories", type=int, default=1,
+                   help="trajectories 0..N-1 integrated as one batch (the batch shares its steps)")
     p.add_argument("--ref-factor", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -54,7 +57,7 @@ def main(args):
     if args.dt is None and d.adaptive:
         sys.exit(f"{args.config}: dns.dt is auto; give the fixed step to compare with --dt")
     dt = float(args.dt or d.dt)
-    seeds = trajectory_seeds(config, [0])
+    seeds = trajectory_seeds(config, range(args.trajectories))
     eq = dns_equation(config, dtype=torch.float64, device="cpu", seeds=seeds)
     w0 = initial_state(config, eq.grid, seeds).to(torch.float64)
     with torch.no_grad():
@@ -76,7 +79,7 @@ def main(args):
                 results[name] = (traj[:, 1:], len(count))
     ref = results[next(n for n in runs if n.startswith("reference"))][0]
     load = os.getloadavg()[0]
-    print(f"# {args.config}: DNS {d.resolution}^{config.system.ndim}, {d.integrator}, float64, "
+    print(f"# {args.config}: DNS {d.resolution}^{config.system.ndim}, {d.integrator}, float64, {args.trajectories} trajectory(ies) in one batch, "
           f"spin-up {args.spinup:g} with dt={dt:g}, then {args.time:g} model time, saves every "
           f"{args.time / n_saves:g}; torch threads {args.threads}; load average {load:.1f} "
           f"on {os.cpu_count()} cores; wall: best of {args.repeats} interleaved rounds")

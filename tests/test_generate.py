@@ -244,6 +244,24 @@ def test_the_configs_adaptive_steps_land_on_the_samples_as_accurate_as_their_for
     assert 0 < err <= 1.25 * err_fixed, (err, err_fixed)   # the reference's own error is ~256x smaller
 
 
+def test_adaptive_batches_do_not_depend_on_the_layout(tiny_config):
+    """A batch shares its CFL steps: with dt: auto the parts are dns.batch_size long on any
+    machine, and a batch size is part of what determines the values (resume key)."""
+    from closure.data.parallelism import choose_layout
+
+    tiny_config["dns"].update(trajectories=8, batch_size=4, dt="auto")
+    config = config_from_dict(tiny_config)
+    assert gen.plan_parts(config, 2) == gen.plan_parts(config) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert choose_layout(config, cores=4, workers=4).batch_size == 4
+    other = config_from_dict({**tiny_config, "dns": {**tiny_config["dns"], "batch_size": 2}})
+    assert gen.generation_key(other) != gen.generation_key(config)
+    tiny_config["dns"]["dt"] = 0.01
+    fixed = config_from_dict(tiny_config)
+    assert gen.plan_parts(fixed, 2) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert gen.generation_key(config_from_dict({**tiny_config, "dns": {**tiny_config["dns"], "batch_size": 2}})) \
+        == gen.generation_key(fixed)
+
+
 def test_adaptive_dt_needs_a_steady_forcing(tiny_burgers_config):
     tiny_burgers_config["dns"]["dt"] = "auto"
     with pytest.raises(ClosureError, match="steady forcing"):

@@ -40,7 +40,7 @@ import xarray as xr
 from solvers import BlowUpError
 
 from closure.data import dataset as ds_io
-from closure.data.parallelism import choose_layout, dask_client
+from closure.data.parallelism import choose_layout, dask_client, keep_freed_memory
 from closure.data.sgs import sgs_hat
 from closure.data.system import dns_equation, dns_step_rule, initial_state, les_equation, make_filter, trajectory_seeds
 from closure.config import Config, config_from_yaml, config_to_yaml, resolve_device, resolve_dtype
@@ -61,8 +61,12 @@ def default_output(config: Config) -> Path:
 
 
 def plan_parts(config: Config, batch_size: Optional[int] = None) -> list[list[int]]:
-    """Trajectory ids of each batch (part): consecutive runs of ``batch_size`` (default ``dns.batch_size``)."""
-    n, b = config.dns.trajectories, batch_size or config.dns.batch_size
+    """Trajectory ids of each batch (part): consecutive runs of ``batch_size`` (default ``dns.batch_size``).
+
+    With ``dns.dt: auto`` a batch shares its steps (chosen for its fastest flow), so the
+    values depend on the batches: they are always ``dns.batch_size`` long."""
+    n = config.dns.trajectories
+    b = config.dns.batch_size if config.dns.adaptive else batch_size or config.dns.batch_size
     return [list(range(start, min(start + b, n))) for start in range(0, n, b)]
 
 
@@ -74,7 +78,7 @@ def generation_key(config: Config) -> str:
     """The config sections that determine a dataset's values (for resume checks)."""
     d = config.model_dump(mode="json")
     keep = {k: d[k] for k in ("seed", "dtype", "system", "initial", "les", "data")}
-    keep["dns"] = {k: v for k, v in d["dns"].items() if k != "batch_size"}
+    keep["dns"] = {k: v for k, v in d["dns"].items() if k != "batch_size" or config.dns.adaptive}
     keep["data"] = {"keep_dns": d["data"]["keep_dns"]}
     return json.dumps(keep, sort_keys=True)
 
@@ -178,6 +182,7 @@ def _write_part(config: Config, ids: Sequence[int], path: Path, device=None,
 def _dask_task(config_yaml: str, ids: list[int], path: str, threads: int = 1, device: Optional[str] = None) -> str:
     """One part on a dask worker (``threads`` torch threads, 1 by default: workers must not
     oversubscribe the cores; ``device`` e.g. ``cuda:1``, default the config's)."""
+    keep_freed_memory()  # also on workers of a remote scheduler
     torch.set_num_threads(int(threads))
     config = config_from_yaml(config_yaml, "generate task")
     _write_part(config, ids, Path(path), device=device)
@@ -263,6 +268,7 @@ def _check_grid(config: Config):
 def _run_in_process(config: Config, todo, steps_per_traj: int, progress: Optional[bool],
                     threads: Optional[int] = None):
     total = sum(len(ids) for ids, _ in todo) * steps_per_traj
+    keep_freed_memory()
     previous = torch.get_num_threads()
     on_cpu = resolve_device(config.device).type == "cpu"
     if on_cpu and threads is not None:
