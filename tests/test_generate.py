@@ -146,11 +146,36 @@ def test_keep_dns_false_keeps_only_the_first_dns_state(tmp_path, tiny_config, ti
     np.testing.assert_array_equal(full["omega_dns_t0"].values, full["omega_dns"].isel(time=0).values)
 
 
-def test_dask_local_cluster_matches_in_process(tmp_path, tiny_config, tiny_dataset):
-    """Two worker processes (1 thread each, loopback) give bitwise the in-process values."""
+def test_dask_local_cluster_matches_in_process(tmp_path, tiny_config, tiny_dataset, monkeypatch):
+    """Two processes (this one and a dask worker, 1 thread each, loopback) give bitwise the
+    in-process values. This process runs the first part and waits until the worker has
+    written the other, so both take part whatever the timing."""
+    import time
+
     config = config_from_dict(tiny_config)
+    real, here = gen._write_part, []
+    parts = tmp_path / "dask.nc.parts"
+
+    def first_here(config, ids, path, **kw):
+        here.append(Path(path).name)
+        deadline = time.monotonic() + 120
+        while len(list(parts.glob("part-*.nc"))) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return real(config, ids, path, **kw)
+
+    monkeypatch.setattr(gen, "_write_part", first_here)
     path = gen.generate(config, tmp_path / "dask.nc", workers=2, progress=False)
+    assert here == ["part-000000-000002.nc"]         # the other part ran on the worker
     _assert_same_values(_load(tiny_dataset), _load(path))
+
+
+def test_a_failure_here_stops_the_workers(tmp_path, tiny_config):
+    tiny_config["dns"].update(trajectories=4, batch_size=2, dt=0.2, spinup_time=2.0, sample_interval=0.2)
+    tiny_config["initial"]["energy"] = 200.0
+    tiny_config["system"]["viscosity"] = 1e-4
+    with pytest.raises(ClosureError, match=r"trajectory [0-9, ]+ became non-finite"):
+        gen.generate(config_from_dict(tiny_config), tmp_path / "x.nc", workers=2, progress=False)
+    assert not (tmp_path / "x.nc").exists()
 
 
 def test_scheduler_and_workers_are_exclusive(tmp_path, tiny_config):
@@ -177,7 +202,7 @@ def test_layout_uses_every_core_and_splits_the_trajectories(tiny_config):
     config = config_from_dict(tiny_config)
     layout = choose_layout(config, cores=2)
     assert (layout.workers, layout.threads, layout.batch_size) == (2, 1, 4)
-    assert "2 worker processes x 1 torch thread(s)" in layout.describe()
+    assert "2 processes (this one and 1 dask worker(s)) x 1 torch thread(s)" in layout.describe()
     assert choose_layout(config, cores=16).workers == 8          # no more processes than trajectories
     assert choose_layout(config, cores=1).in_process
     assert choose_layout(config, cores=4, workers=1).in_process   # overrides
@@ -214,34 +239,42 @@ def test_adaptive_dt_lands_on_the_sample_times_and_matches_a_small_fixed_dt(tmp_
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name, former_dt, window", [
-    ("quickstart", 4e-3, ["dns.spinup_time=0.4", "dns.sample_interval=0.1"]),
-    ("kolmogorov2d", 1e-3, ["dns.spinup_time=0.01", "dns.sample_interval=0.005"]),
+@pytest.mark.parametrize("name, former_dt, batch, window, margin", [
+    ("quickstart", 4e-3, 8, ["dns.spinup_time=0.2", "dns.sample_interval=0.1"], 3.5),
+    ("kolmogorov2d", 1e-3, 1, ["dns.spinup_time=0.01", "dns.sample_interval=0.005"], 1.25),
 ])
 def test_the_configs_adaptive_steps_land_on_the_samples_as_accurate_as_their_former_fixed_dt(
-        tmp_path, name, former_dt, window):
+        tmp_path, name, former_dt, batch, window, margin):
     """The shipped configs step with ``dns.dt: auto``: snapshots exactly on the sample times,
-    and (ETDRK4, fourth order) an error against a 4x smaller fixed step no larger than that
-    of the fixed step the config had before (its accuracy was chosen by hand)."""
+    and (ETDRK4, fourth order) an error against a 4x smaller fixed step within ``margin``
+    of that of the fixed step the config had before (its accuracy was chosen by hand).
+
+    A batch shares its steps, set by its fastest flow. kolmogorov2d's cfl (0.45) matches the
+    former step for one trajectory; the quickstart's (0.65) for its batches of 8 in the
+    statistically steady flow (for one trajectory cfl 0.5 would; benchmarks/adaptive_dt.py).
+    From the random initial state, whose slower flow the fixed step resolves at a lower
+    CFL number, the fixed step is more accurate at first: ~3x here ((0.65 / 0.5)^4 ~ 2.9)."""
     from closure.data.parallelism import estimated_steps
 
     path = ROOT / "configs" / f"{name}.yaml"
-    short = ["dtype=float64", "device=cpu", "dns.trajectories=1", "dns.batch_size=1", "dns.samples=3", *window]
+    short = ["dtype=float64", "device=cpu", f"dns.trajectories={batch}", f"dns.batch_size={batch}", "dns.samples=3",
+             *window]
     config = load_config(path, short)
     assert config.dns.adaptive
     ds = _load(gen.generate(config, tmp_path / "auto.nc", progress=False))
     np.testing.assert_array_equal(ds["time"].values, config.dns.sample_times())   # exactly
     steps = ds["dns_steps"].values
-    assert steps.shape == (1, 3) and (steps > 0).all()
-    assert 0.7 < estimated_steps(config) / steps.sum() < 1.4    # the layout's guess (from the initial state)
-    fine = gen.simulate_batch(load_config(path, [*short, f"dns.dt={former_dt / 4}"]), [0])
-    fixed = gen.simulate_batch(load_config(path, [*short, f"dns.dt={former_dt}"]), [0])
+    assert steps.shape == (batch, 3) and (steps > 0).all()
+    assert 0.7 < estimated_steps(config) / steps[0].sum() < 1.4    # the layout's guess (from the initial state)
+    ids = list(range(batch))
+    fine = gen.simulate_batch(load_config(path, [*short, f"dns.dt={former_dt / 4}"]), ids)
+    fixed = gen.simulate_batch(load_config(path, [*short, f"dns.dt={former_dt}"]), ids)
 
     def error(field):
         return np.linalg.norm(field - fine.field) / np.linalg.norm(fine.field)
 
     err, err_fixed = error(ds["omega"].values), error(fixed.field)
-    assert 0 < err <= 1.25 * err_fixed, (err, err_fixed)   # the reference's own error is ~256x smaller
+    assert 0 < err <= margin * err_fixed, (err, err_fixed)   # the reference's own error is ~256x smaller
 
 
 def test_adaptive_batches_do_not_depend_on_the_layout(tiny_config):

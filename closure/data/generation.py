@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time as _time
 import uuid
 from dataclasses import dataclass
@@ -250,6 +251,8 @@ def generate(config: Config, output=None, *, scheduler: Optional[str] = None, wo
     if todo:
         if scheduler is None and layout.in_process:
             _run_in_process(config, todo, steps_per_traj, progress, layout.threads)
+        elif scheduler is None and layout.device == "cpu":
+            _run_local(config, todo, layout, progress)
         else:
             _run_dask(config, todo, scheduler, None if scheduler is not None else layout, progress)
     _merge(config, paths, output)
@@ -281,6 +284,102 @@ def _run_in_process(config: Config, todo, steps_per_traj: int, progress: Optiona
                 _part_written(path)
     finally:
         torch.set_num_threads(previous)
+
+
+class _PartQueue:
+    """The parts still to run, taken one at a time by this process and the workers (thread-safe)."""
+
+    def __init__(self, todo):
+        self._parts, self._lock, self.stopped = list(reversed(todo)), threading.Lock(), threading.Event()
+
+    def take(self):
+        with self._lock:
+            return None if self.stopped.is_set() or not self._parts else self._parts.pop()
+
+
+def _run_local(config: Config, todo, layout, progress: Optional[bool]):
+    """``layout.workers`` processes on this machine: this one and ``layout.workers - 1``
+    dask workers, taking the parts from one queue.
+
+    This process has its imports and set-up done, so it starts on the first part at once
+    while the workers start (a fresh worker spends ~2-3 s of CPU time on start-up and
+    imports); each process takes the next part when it is free, so the start-up delays
+    only the workers' share, not the whole run.
+    """
+    queue, failures, lock = _PartQueue(todo), [], threading.Lock()
+    n_traj = sum(len(ids) for ids, _ in todo)
+    with progress_bar(total=n_traj, desc="generate", unit="traj", enabled=progress) as bar:
+        def done(path, n):
+            with lock:
+                bar.update(n)
+                _part_written(path)
+
+        def workers():
+            try:
+                _serve_parts(config, queue, layout, done)
+            except BaseException as exc:  # noqa: BLE001 (raised again in this thread)
+                failures.append(exc)
+                queue.stopped.set()
+
+        helper = threading.Thread(target=workers, name="generate-workers", daemon=True)
+        helper.start()
+        previous = torch.get_num_threads()
+        keep_freed_memory()
+        try:
+            torch.set_num_threads(int(layout.threads))
+            while (item := queue.take()) is not None:
+                ids, path = item
+                done(_write_part(config, ids, path), len(ids))
+        except BaseException:
+            queue.stopped.set()
+            raise
+        finally:
+            torch.set_num_threads(previous)
+            helper.join()
+    if failures:
+        raise failures[0]
+
+
+def _serve_parts(config: Config, queue: _PartQueue, layout, done: Callable):
+    """Start ``layout.workers - 1`` dask workers and keep each busy with a part from ``queue``
+    until it is empty or stopped (then the running parts are cancelled)."""
+    from distributed import wait
+
+    client, cluster = dask_client(None, layout.workers - 1)
+    text = config_to_yaml(config)
+    token = uuid.uuid4().hex[:8]
+    try:
+        with client:
+            def submit(item):
+                ids, path = item
+                return client.submit(_dask_task, text, ids, str(path.resolve()), layout.threads, None,
+                                     pure=False, key=f"generate-{path.stem}-{token}")
+
+            sizes, pending = {}, set()
+
+            def feed():
+                if (item := queue.take()) is not None:
+                    fut = submit(item)
+                    sizes[fut.key] = len(item[0])
+                    pending.add(fut)
+
+            for _ in range(layout.workers - 1):
+                feed()
+            try:
+                while pending and not queue.stopped.is_set():
+                    try:  # a short wait: a failure in this process stops the workers promptly
+                        finished = wait(list(pending), timeout=0.5, return_when="FIRST_COMPLETED").done
+                    except TimeoutError:
+                        continue
+                    for fut in finished:
+                        pending.discard(fut)
+                        done(Path(fut.result()), sizes[fut.key])
+                        feed()
+            finally:
+                for fut in pending:
+                    fut.cancel()
+    finally:
+        cluster.close()
 
 
 def _run_dask(config: Config, todo, scheduler: Optional[str], layout, progress: Optional[bool]):

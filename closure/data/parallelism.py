@@ -51,7 +51,12 @@ class Layout:
         return self.workers == 1
 
     def describe(self) -> str:
-        where = "in this process" if self.in_process else f"{self.workers} worker processes"
+        if self.in_process:
+            where = "in this process"
+        elif self.device == "cpu":  # `closure.data.generation` runs parts here too
+            where = f"{self.workers} processes (this one and {self.workers - 1} dask worker(s))"
+        else:
+            where = f"{self.workers} worker processes"
         return f"{where} x {self.threads} torch thread(s) on {self.device} ({self.reason})"
 
 
