@@ -5,7 +5,8 @@
 
 For the config's LES (resolution, integrator ``run.integrator``, step ``run.dt``)
 it times ``equation.simulate`` (the loop `closure les` uses, the non-finite
-check every step) with no closure, Smagorinsky, dynamic Smagorinsky, Leith and
+check every step) with no closure, Smagorinsky, dynamic Smagorinsky, Leith, an
+identity closure (no network: the cost of calling any closure at every stage) and
 learned closures (freshly initialised networks of the config's ``model:``
 section and of the variants in ``EXTRA``; the weights do not change the cost),
 each called at every integrator stage and once per step
@@ -40,9 +41,13 @@ from closure.data.system import dns_equation, dns_step_size, les_equation, traje
 
 SECTION = "## Coupled LES"
 MODELS = ("none", "smagorinsky", "dynamic_smagorinsky", "leith")
-# other learned closures timed besides the config's (the previous default first)
-EXTRA = ({"type": "mlp", "stencil": 5, "hidden": [128, 128], "features": ["dealias_residual", "gradient"]},
-         {"type": "cnn", "stencil": 3, "hidden": [8, 8], "features": []})
+# the closure tendency = the state itself (no network): what calling any closure at every stage costs
+IDENTITY = "identity closure (no network), per stage"
+# other learned closures timed besides the config's: field-only 3x3 CNNs of decreasing size
+# (the ones cheap enough for the "<= 2x the no-closure step" target once per step)
+EXTRA = ({"type": "cnn", "stencil": 3, "hidden": [8, 8], "features": []},
+         {"type": "cnn", "stencil": 3, "hidden": [8], "features": []},
+         {"type": "cnn", "stencil": 3, "hidden": [4], "features": []})
 
 
 def _sync(device):
@@ -136,9 +141,12 @@ def run(config, batches, device, dtype, extra=(), compiled=False):
         les = les_equation(config, dtype=dtype, device=device, seeds=trajectory_seeds(config, range(batch)))
         v = random_state(config, les.grid, batch).to(device=device, dtype=dtype)
         base = None
-        cases = [(name, None, True, False) for name in MODELS] + variants(config, extra, compiled)
+        cases = ([(name, None, True, False) for name in MODELS] + [(IDENTITY, None, True, False)]
+                 + variants(config, extra, compiled))
         for name, overrides, per_stage, compile_it in cases:
-            if overrides is not None:
+            if name == IDENTITY:
+                closure = torch.nn.Identity()
+            elif overrides is not None:
                 closure = learned_closure(config, les, overrides, compile_it)
             else:
                 closure = make_closure(name, les, config)
@@ -162,7 +170,8 @@ def table(config, rows, dns_rows, device, threads) -> str:
         f"LES {c.les.resolution}^{c.system.ndim if c.system.ndim > 1 else ''} ({c.run.integrator}, run.dt = {c.run.dt:g})"
         f" vs DNS {c.dns.resolution}^{c.system.ndim if c.system.ndim > 1 else ''} ({c.dns.integrator}, dns.dt = "
         f"{_dns_dt(c)}), {c.dtype}, device {device}, torch {torch.__version__}, {threads} thread(s), "
-        f"{platform.processor() or platform.machine()}, load average {_load()} on {_cores()} cores. "
+        f"{platform.processor() or platform.machine()}, load average {_load()} on {_cores()} cores, "
+        f"{'process CPU time' if device.type == 'cpu' else 'wall clock'}. "
         f"Learned closures: freshly initialised networks (the weights do not change the cost); "
         f"'per stage' = the closure at each integrator stage, 'once per step' = `run.closure_per_stage: false`.",
         "",
@@ -197,29 +206,46 @@ def _cores() -> int:
 
 READING = """
 Reading (process CPU time, so the ratios hold on a shared machine; the wall clock on the loaded
-2-core VM was 2-4x larger):
+2-core VM was 2-4x larger; ratios between runs at different loads move by ~20%):
 
-- A 3x3 mean-field CNN with channels [8, 8] on the vorticity, its dealias residual and gradient
-  (~1.6k flops per point) instead of 5x5 patches into an MLP [128, 128] (~26k flops per point):
-  the learned step is 4x (batch 2) to 10x (batch 16) cheaper. (The quickstart's model section
-  now holds a stencil MLP [64, 64]; the table's "config" rows were measured with the CNN, see
-  the command.)
-  About half of the CNN closure's cost is its inputs: the dealias residual is a nonlinear term on
-  the 48^2 grid (the field-only rows).
-- The target "learned step <= 2x the no-closure step" is NOT met: 19-21x per stage, 6x once per
-  step. The no-closure step is only 0.05-0.15 ms per trajectory (4 stages of pruned 32^2 FFTs
-  on the kept columns), less than one evaluation of any network with these inputs.
-- Evaluating the closure once per step (`run.closure_per_stage: false`) is 3x cheaper per step
-  but costs accuracy (docs/results.md). What keeps the accuracy is the step: the learned LES
-  gives the same scores at dt = 0.1 as at dt = 0.01, so its cost per model time at dt = 0.1 is
-  ~2x the no-closure LES at the demo's dt = 0.01 (6.57 / 0.1 vs 0.308 / 0.01 ms at batch 2,
-  13.8 / 0.1 vs 0.728 / 0.01 at batch 16). The no-closure LES is also as accurate at larger
-  steps, so per model time at equal steps the ratio stays the per-step one.
-- `torch.compile` of the network (`run.compile`; `--compile` here) gained 1.1-2x on the network
-  alone in separate measurements (the spectral features stay eager: no complex codegen), at
-  ~20 s of compilation per batch size on this CPU: worth it only for long runs.
+- **Met (<= 2x): small field-only CNNs once per step.** A 3x3 CNN [8] or [4] on the vorticity
+  alone, evaluated once per step (`run.closure_per_stage: false`), costs 1.75x (batch 2) and
+  1.6x (batch 16) the no-closure step. What made it: (1) the held closure keeps the solver's
+  kept-columns step (`NavierStokes2D.kept_block`; before, any closure sent the step to the
+  full-spectrum path, see the identity row); (2) `FoldedCNN`:
+  the normalization, layer multipliers and tanh's affine part folded into the convolutions
+  (per layer one pad, one convolution, one in-place sigmoid; a matmul readout), and torch's
+  native convolution instead of oneDNN for these small layers (in a separate timing of
+  `conv2d` on these shapes oneDNN was 2-7x slower; on 32 x 32 channels it wins, hence
+  `NATIVE_CONV_MAX_CHANNELS`). What is left per step:
+  one inverse and one forward 2D FFT (~5% / 8% of the no-closure step) and the network.
+- **But these cheap networks are not accurate.** Without the dealias-residual input a local
+  3x3 CNN cannot rebuild the advection that the 2/3 rule discards (~60% of the SGS variance
+  here): a-priori correlation 0.35 for [8, 8] on the filtered LES (docs/results.md) and 0.15 for
+  [8] on the correction dataset (`closure train ... --set model.type=cnn --set model.stencil=3
+  --set model.hidden=[8] --set model.features=[]`, `metrics.json` "apriori").
+- **Not met: the accurate closure** (CNN [8, 8] with dealias residual and gradient, the one
+  that beats plain 48^2 as a correction, docs/results.md): 11x / 14x per stage (21x / 19x
+  before the two changes above) and 3.6x / 4.1x once per step (6.3x / 5.8x before). Half of
+  it is the dealias residual, a nonlinear term on the 48^2 grid plus the LES's own (timed
+  alone: ~0.2 ms for batch 2, ~0.6 ms for 16 per evaluation, more than the whole no-closure
+  step), the rest two 3x3 convolutions with 4 and 8 input channels (~9 Mflop per evaluation
+  for batch 16).
+- **Per stage cannot meet 2x on this path.** A closure called at every stage makes every
+  column of the spectrum enter the stages: with an identity closure (no network) the step
+  already costs 2.2x (batch 2) / 1.9x (batch 16) the no-closure step (full-spectrum stages,
+  two transforms per stage), which leaves no room for a network.
+- **The step.** The per-step ratios do not depend on `run.dt`. The accurate closure keeps its
+  scores at dt = 0.1 at every stage (docs/results.md), so per model time (11x / 14x the step,
+  10x fewer steps) it costs 1.1x (batch 2) and 1.4x (batch 16) the no-closure LES at the
+  demo's dt = 0.01; the no-closure LES gives the same scores at dt = 0.05, against which it
+  is 2.1x / 2.8x. Holding it over the step loses most of its accuracy at dt = 0.01 and all of it at dt >= 0.05
+  (docs/results.md), so the cheapest accurate configuration is per stage at dt = 0.1.
+- `torch.compile` (`run.compile`, `--compile`) compiles the network's reference form (the
+  spectral features stay eager): on this CPU the folded eager network is faster (4.3x / 4.5x
+  compiled against 3.6x / 4.1x eager, once per step), at ~20 s of compilation per batch size.
 - torch's CPU `tanh` is ~20x slower than its `sigmoid` here; the networks use the identity
-  tanh(x) = 2 sigmoid(2x) - 1 (same values to 2e-7 in float32).
+  tanh(x) = 2 sigmoid(2x) - 1 (same values to 2e-7 in float32), folded in `FoldedCNN`.
 - The classical closures cost ~4x the no-closure step (Smagorinsky, Leith: extra FFTs per stage)
   and ~10x (dynamic: test filtering, two nonlinear terms, two model terms).
 """

@@ -270,7 +270,9 @@ class ConvClosure(FieldClosure):
         return y if self.ndim == 3 else y.squeeze(1)
 
     def folded(self) -> FoldedCNN:
-        """The current `FoldedCNN` (cached; rebuilt after any in-place update, load or move)."""
+        """The current `FoldedCNN` (cached; rebuilt after any in-place update, load or move,
+        as the tensors' version counters and storages tell: a write through ``.data`` bypasses
+        the version counter and is not seen)."""
         if "_folded_modules" not in self.__dict__:  # the structure is fixed; the tensors may be replaced
             self._folded_modules = list(self.modules())
         key = tuple((t.data_ptr(), t._version, t.dtype) for m in self._folded_modules
