@@ -3,7 +3,7 @@
     u_t + (u^2 / 2)_x = nu u_xx - drag * u + f
 
 on ``[0, L)``, state ``(batch, n)``. The conservative form is dealiased by the
-2/3 rule: ``u`` is truncated to ``|m| <= n // 3`` before squaring and the
+2/3 rule: ``u`` is truncated to ``|m| <= K = (n - 1) // 3`` before squaring and the
 derivative of the square is truncated to the same modes, so the Galerkin-
 truncated inviscid system conserves energy exactly in continuous time.
 """
@@ -35,14 +35,14 @@ class Burgers1D(SpectralEquation):
         g = self.grid
         self._truncate = g.dealias
         self._flux_op = -0.5 * g.ikx * g.dealias  # -(1/2) d/dx, truncated
-        # the hot loop only touches the kept modes m <= n // 3 (pruned transforms)
-        self._kept = g.n // 3 + 1
+        # the hot loop only touches the kept modes m <= K (pruned transforms)
+        self._kept = g.dealias_cutoff + 1
         self._flux_op_kept = self._flux_op[:self._kept].contiguous()
 
     def nonlinear_hat(self, state_hat: torch.Tensor) -> torch.Tensor:
         """``-P_{2/3}[(u^2 / 2)_x]`` of the truncated velocity (2 real FFTs).
 
-        Only the kept modes ``m <= n // 3`` enter the transforms (the inverse
+        Only the kept modes ``m <= K`` enter the transforms (the inverse
         zero-pads them); the result is zero beyond them.
         """
         n, kept = self.n, self._kept

@@ -12,9 +12,9 @@ The advection term uses the form of Basdevant et al. (1981, Mon. Wea. Rev.
 
 so a stage costs 2 inverse + 2 forward real FFTs (instead of 3 + 2). Dealiasing
 by the 2/3 rule (Orszag 1971): the velocities are built from the modes
-``|m_d| <= n // 3`` only and the product's spectrum is truncated to the same
+``|m_d| <= K = (n - 1) // 3`` only (`SpectralGrid.dealias_cutoff`) and the product's spectrum is truncated to the same
 set, which makes ``N`` the exact Galerkin projection of the advection of the
-truncated field (no aliasing for ``n`` not divisible by 3).
+truncated field (no aliasing: ``3 K < n``).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ class NavierStokes2D(SpectralEquation):
         self._velocity_ops = torch.stack([g.iky * g.inverse_k2 * mask, -g.ikx * g.inverse_k2 * mask])
         # -(FFT of u.grad(omega)) = (kx^2 - ky^2) FFT(uv) + kx ky FFT(v^2 - u^2), truncated
         self._advection_ops = torch.stack([(g.kx ** 2 - g.ky ** 2) * mask, g.kx * g.ky * mask])
-        # The hot loop works on the columns m_x <= n // 3 only (the others are zero
+        # The hot loop works on the columns m_x <= K only (the others are zero
         # after the 2/3 truncation): pruned transforms and smaller elementwise work.
-        self._kept_columns = g.n // 3 + 1
+        self._kept_columns = g.dealias_cutoff + 1
         self._velocity_ops_kept = self._velocity_ops[..., :self._kept_columns].contiguous()
         # real (2, n, kept, 2): multiplies torch.view_as_real of a spectral field (the
         # trailing axis duplicated, not broadcast: much faster elementwise kernels)
@@ -67,7 +67,7 @@ class NavierStokes2D(SpectralEquation):
     def nonlinear_hat(self, state_hat: torch.Tensor) -> torch.Tensor:
         """``-P_{2/3}[u . grad(omega)]`` with u from the truncated vorticity (4 real FFTs).
 
-        The transforms are pruned to the kept columns ``m_x <= n // 3``: the inverse
+        The transforms are pruned to the kept columns ``m_x <= K``: the inverse
         is a complex FFT over y on those columns then a real inverse FFT over x
         (zero-padded), the forward a real FFT over x then a complex FFT over y on
         the kept columns only (the same sums as ``irfftn``/``rfftn``, about half the
@@ -98,7 +98,7 @@ class NavierStokes2D(SpectralEquation):
     def kept_block(self, closure=None) -> "KeptColumns | None":
         """The kept-columns layout of the fused step (`KeptColumns`), or None where it does
         not apply: with a closure called at the stages (a `HeldTendency`, the closure held
-        over the step, does apply), or a forcing that is unsteady or has modes ``m_x > n // 3``."""
+        over the step, does apply), or a forcing that is unsteady or has modes ``m_x > K``."""
         held = isinstance(closure, HeldTendency)
         if (closure is not None and not held) or (self.forcing is not None and self._steady_forcing_hat is None):
             return None
@@ -139,7 +139,7 @@ class NavierStokes2D(SpectralEquation):
 
 
 class KeptColumns:
-    """The state of the fused (no-autograd) ETDRK4 step: the kept columns ``m_x <= n // 3`` only.
+    """The state of the fused (no-autograd) ETDRK4 step: the kept columns ``m_x <= K`` only.
 
     Outside them the explicit term ``N(w) + f`` is zero (2/3 truncation, forcing checked
     by `NavierStokes2D.kept_block`), so those modes evolve by the exact linear factor

@@ -12,13 +12,13 @@ pressure and the kinetic-energy gradient together):
     N(u)_hat = P(k) [ (u x omega)_hat ]
 
 Dealiasing by the 2/3 rule (Orszag 1971): ``u`` and ``omega`` are built from the
-modes ``|m_d| <= n // 3`` only and the product's spectrum is truncated to the same
+modes ``|m_d| <= K = (n - 1) // 3`` only (`SpectralGrid.dealias_cutoff`) and the product's spectrum is truncated to the same
 set, so ``N`` is the exact Galerkin projection of the truncated field's nonlinear
 term (no aliasing for the quadratic product; the rotational form then conserves
 energy exactly in the semi-discrete system, ``sum_k u_k^* . N_k = 0``). The mean
 mode of ``N`` is zero (a periodic flow exerts no net force on itself). A stage
 costs 6 inverse and 3 forward real 3D FFTs, pruned to the kept x columns
-``m_x <= n // 3`` (``rfft`` on the last axis). The linear part
+``m_x <= K`` (``rfft`` on the last axis). The linear part
 ``-nu |k|^2 - drag`` (plus a linear forcing's coefficient) is diagonal and acts on
 each component; it keeps a divergence-free field divergence-free. A closure's
 tendency is projected too (``explicit_hat``), so the LES stays divergence-free
@@ -56,7 +56,7 @@ class NavierStokes3D(SpectralEquation):
                  dtype=torch.float32, device=None):
         super().__init__(n, viscosity, drag=drag, forcing=forcing, length=length, dtype=dtype, device=device)
         g = self.grid
-        kept = self._kept_columns = g.n // 3 + 1
+        kept = self._kept_columns = g.dealias_cutoff + 1
 
         def cut(x):
             return x[..., :kept].contiguous() if x.shape[-1] > 1 else x
@@ -71,11 +71,11 @@ class NavierStokes3D(SpectralEquation):
 
     # ------------------------------------------------------------------ transforms
     def _inverse_kept(self, fields_hat: torch.Tensor) -> torch.Tensor:
-        """Physical fields from spectral ones given on the kept columns ``m_x <= n // 3`` (zero beyond)."""
+        """Physical fields from spectral ones given on the kept columns ``m_x <= K`` (zero beyond)."""
         return torch.fft.irfft(torch.fft.ifftn(fields_hat, dim=(-3, -2)), n=self.grid.n, dim=-1)
 
     def _forward_kept(self, fields: torch.Tensor) -> torch.Tensor:
-        """The kept columns ``m_x <= n // 3`` of ``rfftn`` of physical fields."""
+        """The kept columns ``m_x <= K`` of ``rfftn`` of physical fields."""
         return torch.fft.fftn(torch.fft.rfft(fields, dim=-1)[..., :self._kept_columns], dim=(-3, -2))
 
     def _curl_kept(self, u_hat: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,11 @@ Conventions (docs/conventions.md):
   ``k = 2 pi m / L``.
 - Derivatives: ``d/dx -> i k_x``. Odd derivatives zero the Nyquist mode (its
   sign is ambiguous for a real field); even ones keep it.
-- The 2/3 rule: the mask keeps the modes with ``|m_d| <= n // 3`` in every direction
-  (Orszag 1971).
+- The 2/3 rule: the mask keeps the modes with ``|m_d| <= K``, ``K = (n - 1) // 3``,
+  in every direction (Orszag 1971): the largest ``K`` with ``3 K < n``, so that a
+  product of two kept modes (``|m| <= 2 K``) aliases only onto discarded ones
+  (``2 K - n < -K``). ``K = n // 3`` except when 3 divides ``n``: there ``n // 3``
+  would let the pair ``(K, K)`` alias onto the kept mode ``-K``.
 
 All functions are pure and batched; `SpectralGrid` precomputes the wavenumber
 tensors once for a given (n, length, ndim, dtype, device).
@@ -215,9 +218,14 @@ class SpectralGrid:
         return mask.to(self.dtype)
 
     @cached_property
+    def dealias_cutoff(self) -> int:
+        """``K = (n - 1) // 3``: the largest mode number the 2/3 rule keeps (``3 K < n``)."""
+        return (self.n - 1) // 3
+
+    @cached_property
     def dealias(self) -> torch.Tensor:
-        """The 2/3-rule mask: keeps ``|m_d| <= n // 3`` in every direction."""
-        return self.truncation_mask(self.n // 3)
+        """The 2/3-rule mask: keeps ``|m_d| <= dealias_cutoff`` in every direction."""
+        return self.truncation_mask(self.dealias_cutoff)
 
     # ------------------------------------------------------------------ transforms
     def to_spectral(self, field: torch.Tensor) -> torch.Tensor:

@@ -194,8 +194,9 @@ def test_derivatives_and_poisson_are_exact_for_trig_polynomials():
 
 
 def test_dealias_mask_keeps_two_thirds():
-    g = SpectralGrid(48, ndim=2)
+    g = SpectralGrid(48, ndim=2)  # 3 divides 48: K = 15 (3 K < n), not 48 // 3
     m = g.dealias
-    assert m[16, 16] == 1 and m[16, 17] == 0 and m[17, 0] == 0
-    assert m[48 - 16, 0] == 1 and m[48 - 17, 0] == 0
+    assert g.dealias_cutoff == 15
+    assert m[15, 15] == 1 and m[15, 16] == 0 and m[16, 0] == 0
+    assert m[48 - 15, 0] == 1 and m[48 - 16, 0] == 0
     assert SpectralGrid(64, ndim=1).dealias.sum() == 64 // 3 + 1

@@ -461,3 +461,24 @@ def test_closure_once_per_step_calls_the_closure_once_per_step_and_a_constant_is
     calls.clear()
     eq.simulate(w0, dt=0.01, steps=3, closure=constant, method="cnrk4", closure_per_stage=False)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("cls,ndim,n", [(solvers.Burgers1D, 1, 24), (solvers.NavierStokes2D, 2, 24),
+                                        (solvers.NavierStokes3D, 3, 12), (solvers.NavierStokes3D, 3, 16)])
+def test_two_thirds_rule_is_alias_free_when_three_divides_n(cls, ndim, n):
+    """The 2/3 rule keeps |m| <= K = (n - 1) // 3 (3 K < n): the nonlinear term of a truncated
+    field equals the exact (alias-free, 4x finer grid) product restricted to the kept modes.
+    With K = n // 3 and 3 | n the pair (K, K) aliases onto the kept mode -K (a ~20% error)."""
+    from closure.data.filters import prolong_hat, restrict_hat
+
+    les, fine = (cls(m, viscosity=1.0, dtype=torch.float64) for m in (n, 4 * n))
+    assert les.grid.dealias_cutoff == (n - 1) // 3
+    torch.manual_seed(0)
+    shape = (2,) + ((3,) if ndim == 3 else ()) + (n,) * ndim
+    f_hat = les.grid.to_spectral(torch.randn(shape, dtype=torch.float64)) * les.grid.dealias
+    if ndim == 3:
+        f_hat = solvers.solenoidal_projection(f_hat, les.grid)
+    exact = restrict_hat(fine.nonlinear_hat(prolong_hat(f_hat, les.grid, fine.grid)), fine.grid, les.grid)
+    got = les.nonlinear_hat(f_hat)
+    assert float(got.abs().max()) > 1e-3
+    torch.testing.assert_close(got, exact * les.grid.dealias, rtol=1e-10, atol=1e-10 * float(exact.abs().max()))

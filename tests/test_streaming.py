@@ -210,18 +210,21 @@ def test_non_finite_block_is_a_closure_error(data2d, tmp_path):
         load_block(cds.open_dataset(bad), plan_blocks(cds.open_dataset(bad), [1])[0])
 
 
-@pytest.mark.parametrize("ndim", [1, 2])
-def test_dealias_residual_feature_is_the_discarded_advection(ndim):
-    """closure.nn's dealias_residual = P N(prolonged field) - N_les(field), N on a grid twice as fine."""
+@pytest.mark.parametrize("ndim,n", [(1, 16), (2, 16), (3, 8), (3, 12)])
+def test_dealias_residual_feature_is_the_discarded_advection(ndim, n):
+    """closure.nn's dealias_residual = P N(prolonged field) - N_les(field), N on a grid 4x as fine
+    (in 3D the projected u x omega of the velocity)."""
     import solvers
     from closure.data.filters import prolong_hat, restrict_hat
     from closure.nn.features import dealias_residual
 
-    n = 16
-    cls = solvers.Burgers1D if ndim == 1 else solvers.NavierStokes2D
+    cls = {1: solvers.Burgers1D, 2: solvers.NavierStokes2D, 3: solvers.NavierStokes3D}[ndim]
     les, fine = (cls(m, viscosity=1.0, dtype=torch.float64) for m in (n, 4 * n))
     torch.manual_seed(0)
-    f = les.grid.to_physical(les.grid.to_spectral(torch.randn((2,) + (n,) * ndim, dtype=torch.float64)))
+    shape = (2,) + ((3,) if ndim == 3 else ()) + (n,) * ndim
+    f = les.grid.to_physical(les.grid.to_spectral(torch.randn(shape, dtype=torch.float64)))
+    if ndim == 3:
+        f = les.project(f)
     f_hat = les.grid.to_spectral(f)
     exact = restrict_hat(fine.nonlinear_hat(prolong_hat(f_hat, les.grid, fine.grid)), fine.grid, les.grid)
     expected = les.grid.to_physical(exact - les.nonlinear_hat(f_hat))

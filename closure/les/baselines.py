@@ -495,23 +495,25 @@ def classical_closure(name: str, les_equation, config=None, smagorinsky_cs: Opti
         "dynamic_scale": dynamic_scale,
     }
     les = getattr(config, "les", None)
-    if name != "none" and les_equation.grid.ndim == 3:
-        return _velocity_closure(name, les_equation, les, constants["smagorinsky_cs"], dynamic_scale)
+    if name in ("smagorinsky", "leith", "dynamic_smagorinsky") and les_equation.grid.ndim == 3:
+        return _velocity_closure(name, les_equation, les, constants)
     return CLOSURES[name](les_equation, les, constants)
 
 
-def _velocity_closure(name: str, les_equation, les, cs: float, dynamic_scale: float) -> nn.Module:
-    """The 3D velocity-form closures (`closure.les.baselines_3d`)."""
+def _velocity_closure(name: str, les_equation, les, constants: dict) -> nn.Module:
+    """The 3D velocity-form eddy viscosities (`closure.les.baselines_3d`); ``none`` and
+    ``dealias_residual`` are the same in every dimension."""
     # imported here: the 3D module builds on this one (Closure, dynamic_widths)
-    from closure.les.baselines_3d import DynamicSmagorinsky3D, Smagorinsky3D
+    from closure.les.baselines_3d import DynamicSmagorinsky3D, Leith3D, Smagorinsky3D
 
     if name == "smagorinsky":
-        return Smagorinsky3D.for_equation(les_equation, cs=cs)
-    if name == "dynamic_smagorinsky":
-        if les is not None:
-            return DynamicSmagorinsky3D.for_filter(les_equation, les.filter, scale=dynamic_scale)
-        return DynamicSmagorinsky3D.for_equation(les_equation, scale=dynamic_scale)
-    raise ClosureError(f"model {name!r} is not available in 3D (choose none, smagorinsky or dynamic_smagorinsky)")
+        return Smagorinsky3D.for_equation(les_equation, cs=constants["smagorinsky_cs"])
+    if name == "leith":
+        return Leith3D.for_equation(les_equation, cl=constants["leith_cl"])
+    scale = constants["dynamic_scale"]
+    if les is not None:
+        return DynamicSmagorinsky3D.for_filter(les_equation, les.filter, scale=scale)
+    return DynamicSmagorinsky3D.for_equation(les_equation, scale=scale)
 
 
 def make_closure(name: str, les_equation, config=None, model_dir: Optional[str | Path] = None) -> nn.Module:

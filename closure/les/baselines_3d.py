@@ -9,6 +9,10 @@ projects ``c`` onto divergence-free fields; the pressure absorbs the trace).
 - `Smagorinsky3D` (Smagorinsky 1963): ``nu_e = (Cs D)^2 |S|``, ``Cs = run.smagorinsky_cs``
   (0.17 for the sharp spectral cutoff: Lilly 1967's value for a k^-5/3 inertial range).
   It drains energy: ``<u . div(2 nu_e S)> = -<2 nu_e S_ij S_ij> <= 0``.
+- `Leith3D` (Leith 1968/1996, in its 3D form): ``nu_e = (C_L D)^3 |grad omega|`` with
+  ``|grad omega| = sqrt(d_j omega_i d_j omega_i)``, ``C_L = run.leith_cl``; the same
+  stress form, so it drains energy too. Like its 2D namesake it switches off in
+  smooth (small vorticity-gradient) regions where Smagorinsky's ``|S|`` does not.
 - `DynamicSmagorinsky3D` (Germano et al. 1991, least squares of Lilly 1992), in
   the tendency form used for 1D/2D: with the test filter ``T``, the LES's own
   dealiased nonlinear term ``N`` and the unit model ``m_D(u) = P div(2 D^2 |S| S)``,
@@ -31,7 +35,7 @@ from closure.data.filters import Filter
 from closure.les.baselines import Closure, dynamic_widths
 from solvers.spectral import SpectralGrid
 
-__all__ = ["Smagorinsky3D", "DynamicSmagorinsky3D"]
+__all__ = ["Smagorinsky3D", "Leith3D", "DynamicSmagorinsky3D"]
 
 
 class _VelocityClosure(Closure):
@@ -99,6 +103,37 @@ class Smagorinsky3D(_VelocityClosure):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", cs={self.cs:g}"
+
+
+class Leith3D(_VelocityClosure):
+    """``c(u) = div(2 (C_L D)^3 |grad omega| S)``."""
+
+    def __init__(self, n: int, length: float = 2 * math.pi, cl: float = 0.2):
+        super().__init__(n, length)
+        self.cl = float(cl)
+
+    @staticmethod
+    def vorticity_gradient(g: SpectralGrid, u_hat: torch.Tensor) -> torch.Tensor:
+        """``|grad omega| = sqrt(d_j omega_i d_j omega_i)``, ``(batch, *grid)``."""
+        ikx, iky, ikz = g.gradient_operators
+        ux, uy, uz = u_hat.unbind(1)
+        omega_hat = torch.stack([iky * uz - ikz * uy, ikz * ux - ikx * uz, ikx * uy - iky * ux], dim=1)
+        grad = g.to_physical(torch.stack([ik * omega_hat for ik in g.gradient_operators], dim=2))
+        return torch.sqrt((grad * grad).sum(dim=(1, 2)))
+
+    def eddy_viscosity(self, state: torch.Tensor) -> torch.Tensor:
+        g = self.grid(state)
+        return (self.cl * self.spacing) ** 3 * self.vorticity_gradient(g, g.to_spectral(state))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        self._check(state)
+        g = self.grid(state)
+        u_hat = g.to_spectral(state)
+        S, _ = self.strain(g, u_hat)
+        return self.stress_divergence(g, (self.cl * self.spacing) ** 3 * self.vorticity_gradient(g, u_hat), S)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", cl={self.cl:g}"
 
 
 class DynamicSmagorinsky3D(_VelocityClosure):

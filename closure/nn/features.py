@@ -24,7 +24,8 @@ features are computed spectrally on the periodic domain [0, length)^d:
                         exactly (products on a 3n/2 grid, restricted to |m| < n/2)
                         minus the LES's 2/3-dealiased one, i.e. the part of the
                         resolved advection that the LES discards (the solvers'
-                        Burgers1D / NavierStokes2D nonlinear terms)
+                        Burgers1D / NavierStokes2D / NavierStokes3D nonlinear
+                        terms; 3 channels in 3D)
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from closure.nn.meanfield import ArchitectureError
 
 DERIVED_FEATURES = {1: ("gradient", "laplacian", "dealias_residual"),
                     2: ("gradient", "laplacian", "velocity_gradient", "dealias_residual"),
-                    3: ("gradient",)}
+                    3: ("gradient", "dealias_residual")}
 FEATURE_CHANNELS = {"gradient": lambda ndim: ndim if ndim < 3 else 9, "laplacian": lambda ndim: 1,
-                    "velocity_gradient": lambda ndim: 3, "dealias_residual": lambda ndim: 1}
+                    "velocity_gradient": lambda ndim: 3, "dealias_residual": lambda ndim: 1 if ndim < 3 else 3}
 FIELD_CHANNELS = {1: 1, 2: 1, 3: 3}  # the state's own channels: a scalar field, or the 3D velocity
 _EQUATIONS: dict = {}
 
@@ -53,14 +54,24 @@ def exact_grid(n: int) -> int:
 
     Products of two such modes reach |m| <= n - 2; on a grid of M points they alias to
     m -+ M, outside |m| < n/2 when M >= 3n/2 - 1 (Orszag's 3/2 rule; the equation's own
-    2/3 truncation at M keeps every input mode as M // 3 >= n/2 - 1). 48 points for n = 32:
+    2/3 truncation at M keeps every input mode as (M - 1) // 3 >= n/2 - 1). 48 points for n = 32:
     (48/64)^d of the cost of the twice-finer grid, with the same result to roundoff.
     """
     return 2 * ((3 * n // 2 + 1) // 2)
 
 
+def _low_mode_blocks(h: int, ndim: int) -> list[tuple]:
+    """Index tuples of the modes ``|m_d| < h`` in an rfft spectrum over the trailing ``ndim`` axes
+    (the full axes in two blocks, ``[0, h)`` and ``(-h, 0)``; the half x axis ``[0, h)``)."""
+    blocks = [(slice(0, h),)]
+    for _ in range(ndim - 1):
+        blocks = [(s,) + b for s in (slice(0, h), slice(-h + 1, None)) for b in blocks]
+    return [(Ellipsis,) + b for b in blocks]
+
+
 def dealias_residual(f: torch.Tensor, ndim: int, length: float) -> torch.Tensor:
-    """``N(f) - N_les(f)`` of a physical field (batch, n) or (batch, n, n) (module docstring).
+    """``N(f) - N_les(f)`` of a physical field (module docstring): ``(batch, n)``, ``(batch, n, n)``
+    or the velocity ``(batch, 3, n, n, n)`` (then the projected ``P(u x omega)`` of `solvers.NavierStokes3D`).
 
     ``N(f)`` is computed on the `exact_grid` (zero-padded spectrum, products there,
     restricted back to |m| < n/2).
@@ -69,26 +80,22 @@ def dealias_residual(f: torch.Tensor, ndim: int, length: float) -> torch.Tensor:
     m = exact_grid(n)
     key = (ndim, n, float(length), f.dtype, str(f.device))
     if key not in _EQUATIONS:
-        cls = solvers.Burgers1D if ndim == 1 else solvers.NavierStokes2D
+        cls = {1: solvers.Burgers1D, 2: solvers.NavierStokes2D, 3: solvers.NavierStokes3D}[ndim]
         _EQUATIONS[key] = tuple(cls(k, viscosity=1.0, length=length, dtype=f.dtype, device=f.device) for k in (n, m))
     les, fine = _EQUATIONS[key]
-    coarse_grid, fine_grid = les.grid, fine.grid
-    f_hat = coarse_grid.to_spectral(f)
+    f_hat = les.grid.to_spectral(f)
     scale = (m / n) ** ndim
-    padded = torch.zeros(f.shape[:-ndim] + fine_grid.spectral_shape, dtype=f_hat.dtype, device=f.device)
-    h = n // 2
-    if ndim == 1:
-        padded[..., :h] = f_hat[..., :h] * scale
-        full = torch.zeros_like(f_hat)
-        full[..., :h] = fine.nonlinear_hat(padded)[..., :h] / scale
-    else:
-        padded[..., :h, :h] = f_hat[..., :h, :h] * scale
-        padded[..., -h + 1:, :h] = f_hat[..., -h + 1:, :h] * scale
-        nl = fine.nonlinear_hat(padded)
-        full = torch.zeros_like(f_hat)
-        full[..., :h, :h] = nl[..., :h, :h] / scale
-        full[..., -h + 1:, :h] = nl[..., -h + 1:, :h] / scale
-    return coarse_grid.to_physical(full - les.nonlinear_hat(f_hat))
+    padded = torch.zeros(f.shape[:-ndim] + fine.grid.spectral_shape, dtype=f_hat.dtype, device=f.device)
+    blocks = _low_mode_blocks(n // 2, ndim)
+    for index in blocks:
+        padded[index] = f_hat[index] * scale
+    nl = fine.nonlinear_hat(padded)
+    full = torch.zeros_like(f_hat)
+    for index in blocks:
+        full[index] = nl[index] / scale
+    return les.grid.to_physical(full - les.nonlinear_hat(f_hat))
+
+
 STD_FLOOR = 1e-12
 
 
@@ -168,13 +175,17 @@ def _spectral_2d(f: torch.Tensor, length: float, features: Sequence[str]) -> lis
 
 
 def _spectral_3d(u: torch.Tensor, length: float, features: Sequence[str]) -> list[torch.Tensor]:
-    """Derived channels of a velocity (batch, 3, nz, ny, nx): ``gradient`` -> d_j u_i, i-major."""
+    """Derived channels of a velocity (batch, 3, nz, ny, nx): ``gradient`` -> d_j u_i, i-major;
+    ``dealias_residual`` -> its 3 components."""
     nz, ny, nx = u.shape[-3:]
     ks = [_wavenumbers(nx, length, u, real=True)[None, None, :], _wavenumbers(ny, length, u, real=False)[None, :, None],
           _wavenumbers(nz, length, u, real=False)[:, None, None]]
     u_hat = torch.fft.rfftn(u, dim=(-3, -2, -1))
     out = []
-    for _ in features:  # "gradient" (the only 3D feature)
+    for name in features:
+        if name == "dealias_residual":
+            out.append(dealias_residual(u, 3, length))
+            continue
         grad = torch.stack([1j * k * u_hat for k in ks], dim=2)  # (batch, 3 (i), 3 (j), ...)
         out.append(torch.fft.irfftn(grad, s=(nz, ny, nx), dim=(-3, -2, -1)).flatten(1, 2))
     return out

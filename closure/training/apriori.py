@@ -188,9 +188,8 @@ def baseline_closures(config, names: Optional[Sequence[str]] = None) -> dict:
     """Classical closures for the a-priori comparison (`closure.les.baselines.make_closure`), in float64
     on the LES grid; constants from ``config.run``."""
     les = les_equation(config, dtype=torch.float64, unforced=True)
-    if names is None:  # Leith's vorticity-gradient model is 1D/2D only
-        names = ("smagorinsky", "leith", "dynamic_smagorinsky") if config.system.ndim < 3 else \
-            ("smagorinsky", "dynamic_smagorinsky")
+    if names is None:
+        names = ("smagorinsky", "leith", "dynamic_smagorinsky")
     return {name: make_closure(name, les, config) for name in names}
 
 
