@@ -112,7 +112,7 @@ class NumpyPeer:
 
     def __init__(self, ndim: int, n: int, dtype, dt: float):
         self.ndim, self.n, self.dtype, self.dt = ndim, n, np.dtype(dtype), dt
-        kc = n // 3
+        kc = (n - 1) // 3  # the 2/3 rule's cutoff (3 kc < n)
         mx = np.fft.rfftfreq(n, 1.0 / n)
         if ndim == 3:
             m = np.fft.fftfreq(n, 1.0 / n)
@@ -346,13 +346,13 @@ def fft_floor_runner(eq, batch: int, device):
     """The FFT calls of one of our ETDRK4 steps alone (4 stages), on arrays of the step's shapes.
 
     NS2D (per stage, u and v or the two products batched): a complex y transform of
-    the kept columns ``m_x <= n // 3`` (contiguous rows), a real inverse x transform
+    the kept columns ``m_x <= (n - 1) // 3`` (contiguous rows), a real inverse x transform
     of the zero-padded half spectrum, a real forward x transform, and a complex y
     transform of the kept columns. Burgers: the zero-padded real inverse and the
     real forward transform.
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    n, kept, half = eq.n, eq.n // 3 + 1, eq.n // 2 + 1
+    n, kept, half = eq.n, eq.grid.dealias_cutoff + 1, eq.n // 2 + 1
     cd, rd = eq.grid.complex_dtype, eq.grid.dtype
     if eq.ndim == 2:
         y_hat = torch.randn(batch, 2, kept, n, dtype=cd, device=device)
@@ -547,7 +547,7 @@ def agreement_checks(jmods, use_numpy, device) -> list[str]:
     """Same problem, same answers: float64, 128^2 NS2D and 4096 Burgers, dt = 1e-3.
 
     The NS2D state has its spectral peak at mode 4 (instead of 10), so that the
-    difference between our 2/3 mask (|m| <= n // 3) and jax-cfd's (rows
+    difference between our 2/3 mask (|m| <= (n - 1) // 3) and jax-cfd's (rows
     -42..41 at n = 128, an asymmetric set) does not enter the comparison.
     """
     out = []

@@ -164,7 +164,7 @@ def _hand_dynamic_coefficient(w: np.ndarray, test_filter: str, grid_width: float
     kx, ky, ikx, iky = mx * s, my * s, 1j * ox * s, 1j * oy * s
     k2 = kx ** 2 + ky ** 2
     inv = np.where(k2 > 0, 1 / np.where(k2 > 0, k2, 1), 0)
-    keep = ((np.abs(mx) <= n // 3) & (np.abs(my) <= n // 3)).astype(float)
+    keep = ((np.abs(mx) <= (n - 1) // 3) & (np.abs(my) <= (n - 1) // 3)).astype(float)
     if test_filter == "gaussian_2dx":   # Gaussian of width 2 dx
         T = np.exp(-k2 * (2 * D) ** 2 / 24)
     else:                               # "cutoff_half": sharp cutoff at half the grid's, |m_d| < n / 4

@@ -21,7 +21,7 @@ TINY = {
     "data": {"keep_dns": False, "validation_fraction": 0.3, "test_fraction": 0.3},
     "model": {"type": "cnn", "stencil": 3, "hidden": [6, 6], "gammas": [1.0, 0.5]},
     "train": {"optimizer": "adam", "lr": 0.01, "epochs": 1, "batch_size": 512},
-    "run": {"time": 0.3, "dt": 0.05, "models": ["none", "smagorinsky", "dynamic_smagorinsky", "learned"]},
+    "run": {"time": 0.3, "dt": 0.05, "models": ["none", "smagorinsky", "leith", "dynamic_smagorinsky", "learned"]},
 }
 
 
@@ -31,7 +31,7 @@ def test_pipeline_3d_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["pipeline", str(config), "-o", str(out)]) == 0
     metrics = json.loads((out / "report" / "metrics.json").read_text())
-    assert set(metrics) >= {"none", "smagorinsky", "dynamic_smagorinsky", "learned"}
+    assert set(metrics) >= {"none", "smagorinsky", "leith", "dynamic_smagorinsky", "learned"}
     for name, m in metrics.items():
         assert m["blowups"] == 0, name
         assert m["spectrum_error"] >= 0 and 0 <= m["gradient_pdf_distance"] <= 1, name

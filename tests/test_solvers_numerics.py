@@ -178,7 +178,7 @@ def test_float32_tracks_float64():
 @pytest.mark.parametrize("method", ["etdrk4", "cnrk4"])
 def test_fused_step_matches_differentiable_path(method):
     # no autograd: the fused kept-columns step; a state requiring grad: the plain expressions
-    eq = kolmogorov(48)   # n // 3 = 16: kept columns 0..16 of 25
+    eq = kolmogorov(48)   # K = (48 - 1) // 3 = 15: kept columns 0..15 of 25
     assert eq.kept_block() is not None
     w = solvers.random_vorticity(eq.grid, seeds=[1, 2], peak_wavenumber=6, energy=2.0)
     with torch.no_grad():
