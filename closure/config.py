@@ -326,8 +326,13 @@ class TrainConfig(Section):
 
 
 class RunConfig(Section):
+    """The coupled LES. ``dt: auto`` chooses the steps from the LES velocity (`solvers.CFL`,
+    CFL number ``cfl``) landing exactly on the dataset's snapshot times (the coupled LES and
+    the ladder; the training unrolls, the calibration and the study's LES need a number)."""
+
     time: PositiveFloat = 50.0
-    dt: PositiveFloat = 1.0e-2
+    dt: Union[PositiveFloat, Literal["auto"]] = 1.0e-2
+    cfl: PositiveFloat = 0.5                 # dt: auto only
     models: list[str] = Field(default_factory=lambda: ["none", "smagorinsky", "learned"])
     integrator: Literal["etdrk4", "cnrk4"] = "etdrk4"
     # the closure at every integrator stage (true) or once per step, held over the stages (false:
@@ -343,8 +348,20 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _steps_in_range(self) -> "RunConfig":
-        _check_steps("run.time", self.time, "run.dt", self.dt)
+        if not self.adaptive:
+            _check_steps("run.time", self.time, "run.dt", self.dt)
         return self
+
+    @property
+    def adaptive(self) -> bool:
+        return self.dt == "auto"
+
+    def fixed_dt(self, use: str) -> float:
+        """The fixed ``run.dt``; `ClosureError` naming ``use`` for ``run.dt: auto``."""
+        if self.adaptive:
+            raise ClosureError(f"run.dt: auto is for the coupled LES and the ladder; {use} takes whole numbers "
+                               "of fixed steps between snapshots: give run.dt a number")
+        return float(self.dt)
 
 
 class CalibrateConfig(Section):

@@ -39,6 +39,18 @@ def test_plain_solver_at_the_dns_grid_reproduces_the_filtered_dns(tiny_config, t
         assert np.all(run["sgs"].values == 0)
 
 
+def test_plain_solver_with_cfl_steps_reproduces_the_filtered_dns(tiny_config, tiny_dataset, tmp_path):
+    """run.dt: auto: the ladder steps by CFL at its own grid, lands on the snapshots, records its steps."""
+    tiny_config["run"].update(dt="auto", cfl=0.5)
+    out = run_plain(config_from_dict(tiny_config), "plain@32", tiny_dataset, tmp_path / "p.nc", show_progress=False)
+    with xr.open_dataset(out) as run, xr.open_dataset(tiny_dataset) as ref:
+        assert run.attrs["dt"] == "auto" and (run["les_steps"].values[1:] > 0).all()
+        np.testing.assert_array_equal(run["time"].values, ref["time"].values[:run.sizes["time"]])
+        ids = [int(i) for i in run["trajectory"].values]
+        truth = ref["omega"].sel(trajectory=ids).isel(time=slice(0, run.sizes["time"])).values
+        assert np.max(np.abs(run["omega"].values - truth)) < 1e-4 * np.max(np.abs(truth))
+
+
 def test_filtered_start_is_the_les_field_and_coarser_grids_differ(tiny_config, tiny_dataset, tmp_path):
     config = config_from_dict(tiny_config)
     fine = run_plain(config, "plain@2x:filtered", tiny_dataset, tmp_path / "f.nc", show_progress=False)

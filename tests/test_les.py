@@ -239,3 +239,42 @@ def test_cuda_graph_replays_a_learned_closure_like_the_eager_loop(per_stage, mon
     assert any(r is not None and r.closure is model for r in runners)
     assert float((graph - plain).abs().max()) > 1e-6  # the closure acted
     assert torch.allclose(graph, eager, rtol=0, atol=1e-10)
+
+
+def test_adaptive_les_lands_on_the_snapshots_records_its_steps_and_is_fourth_order(tiny_config, tiny_dataset,
+                                                                                  tmp_path):
+    """run.dt: auto: CFL steps landing exactly on the dataset's snapshot times, the steps of each
+    interval in ``les_steps``, and ETDRK4's fourth order against a small fixed step."""
+    tiny_config["dtype"] = "float64"
+    ref = ds_io.open_dataset(tiny_dataset)
+
+    def les(name, **run):
+        out = ds_io.open_dataset(run_les(_config(tiny_config, **run), "smagorinsky", tiny_dataset,
+                                         tmp_path / f"{name}.nc", show_progress=False)).load()
+        out.close()
+        return out
+
+    fine = les("fine", dt=0.0025)
+    errors, steps = [], []
+    for cfl in (0.5, 0.25):
+        out = les(f"cfl{cfl}", dt="auto", cfl=cfl)
+        np.testing.assert_array_equal(out["time"].values, ref["time"].values[:3])   # exactly
+        assert out.attrs["dt"] == "auto" and out["les_steps"].values[0] == 0
+        steps.append(out["les_steps"].values[1:])
+        errors.append(np.linalg.norm(out["omega"].values - fine["omega"].values) / np.linalg.norm(fine["omega"].values))
+    assert (steps[0] > 0).all() and (steps[1] > steps[0]).all()
+    order = np.log(errors[0] / errors[1]) / np.log(steps[1].mean() / steps[0].mean())
+    assert 3.5 < order < 4.5, (errors, steps, order)
+    assert (fine["les_steps"].values[1:] == 40).all()          # a fixed step records its steps too
+    ref.close()
+
+
+def test_adaptive_les_is_refused_where_fixed_steps_are_needed(tiny_config, tiny_dataset, tmp_path):
+    from closure.training.calibrate import calibrate
+    from closure.training.unroll import train_aposteriori
+
+    config = _config(tiny_config, dt="auto")
+    with pytest.raises(ClosureError, match="run.dt: auto is for the coupled LES and the ladder; calibration"):
+        calibrate(config, tiny_dataset, "smagorinsky", tmp_path / "c")
+    with pytest.raises(ClosureError, match="run.dt: auto .* a-posteriori training .* give run.dt a number"):
+        train_aposteriori(config, tiny_dataset, tmp_path / "t")

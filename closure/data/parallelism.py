@@ -9,8 +9,10 @@ were seen to slow down ~100x, while independent trajectories in separate
 processes scale with the cores. The trajectories are split into at least as
 many parts as workers (``dns.batch_size`` is an upper bound; values do not
 depend on the batching with a fixed ``dns.dt``; with ``dns.dt: auto`` a batch
-shares its steps, so the parts are always ``dns.batch_size`` long). On CUDA there is one process per GPU (in this process
-for a single GPU): there a large batch fills the device.
+shares its steps, so the parts are always ``dns.batch_size`` long). On CUDA
+there is one process per GPU (in this process for a single GPU): there a large
+batch fills the device. On the CPU, `closure.data.generation` runs parts in this
+process too, next to N - 1 dask workers.
 
 A local cluster costs a few seconds to start, so a job whose estimated work is
 small (`_SMALL_JOB_POINT_STEPS` grid-point steps, ~10 s on one core) runs in
@@ -155,7 +157,8 @@ def keep_freed_memory() -> bool:
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, _MMAP_THRESHOLD)) and bool(libc.mallopt(m_trim_threshold, _TRIM_THRESHOLD))
+    return bool(libc.mallopt(m_mmap_threshold, _MMAP_THRESHOLD)) and bool(
+        libc.mallopt(m_trim_threshold, _TRIM_THRESHOLD))
 
 
 def dask_client(scheduler: Optional[str], workers: Optional[int]):

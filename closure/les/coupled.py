@@ -204,9 +204,10 @@ def dns_cost(ds, data_config: Config, batch: int, device, dtype) -> tuple[float,
 class LESResult:
     """Arrays of one coupled LES batch: field/sgs (trajectory, time, *grid), times, blow-up times, timing."""
 
-    def __init__(self, field, sgs, times, blowup_time, seconds, model_time, steps):
+    def __init__(self, field, sgs, times, blowup_time, seconds, model_time, steps, interval_steps=None):
         self.field, self.sgs, self.times, self.blowup_time = field, sgs, times, blowup_time
         self.seconds, self.model_time, self.steps = seconds, model_time, steps
+        self.interval_steps = interval_steps  # steps taken to reach each snapshot from the previous one
 
 
 def warm_up(equation, closure, state: torch.Tensor, dt: float, t0: float, method: str) -> None:
@@ -247,14 +248,17 @@ def compile_closure(closure):
     return closure
 
 
-def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: int, saves: int,
+def integrate(equation, closure, initial: torch.Tensor, dt, save_every: Optional[int], saves: int,
               t0: float = 0.0, method: str = "etdrk4", desc: str = "les", show_progress: Optional[bool] = None,
-              closure_per_stage: bool = True) -> LESResult:
+              closure_per_stage: bool = True, interval: Optional[float] = None) -> LESResult:
     """Run ``saves`` intervals of ``save_every`` steps from ``initial`` (batch, *grid); drop blow-ups.
 
-    ``closure_per_stage=False`` evaluates the closure once per step, held over the
-    integrator's stages (`solvers.equation.HeldTendency`). Returns numpy arrays (NaN
-    after a member's blow-up) and the wall time of the stepping.
+    ``dt`` a `solvers.CFL`: adaptive steps landing on every ``interval`` (``save_every``
+    unused; the batch shares its steps, set by its fastest flow); the steps taken in each
+    interval are in ``LESResult.interval_steps``. ``closure_per_stage=False`` evaluates
+    the closure once per step, held over the integrator's stages
+    (`solvers.equation.HeldTendency`). Returns numpy arrays (NaN after a member's
+    blow-up) and the wall time of the stepping.
     """
     closure = NoClosure() if closure is None else closure
     # the zero closure costs two FFTs per stage inside the solver: pass None there
@@ -265,14 +269,19 @@ def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: i
     field = np.full((batch, saves + 1) + shape, np.nan, dtype=np_dtype)
     sgs = np.full((batch, saves + 1) + shape, np.nan, dtype=np_dtype)
     blowup_time = np.full(batch, np.nan)
-    interval = save_every * dt
+    adaptive = isinstance(dt, solvers.CFL)
+    if not adaptive:
+        interval = save_every * dt
     times = t0 + interval * np.arange(saves + 1)
+    interval_steps = np.zeros(saves + 1, dtype=np.int64)
     active = list(range(batch))
     state = initial
-    equation.stepper(method, dt)  # build (and cache) the integrator's coefficients outside the timing
+    first = dt.largest_step(equation, equation.grid.to_spectral(state)) if adaptive else dt
+    first = first if math.isfinite(first) else interval
+    equation.stepper(method, first)  # build (and cache) the integrator's coefficients outside the timing
     seconds, steps = 0.0, 0
     with torch.no_grad():
-        warm_up(equation, solver_closure, state, dt, t0, method)
+        warm_up(equation, solver_closure, state, first, t0, method)
         field[:, 0] = state.cpu().numpy()
         sgs[:, 0] = closure(state).cpu().numpy()
         with progress(total=saves, desc=desc, unit="snapshot", enabled=show_progress) as bar:
@@ -283,15 +292,17 @@ def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: i
                     _sync(state.device)
                     start = _time.perf_counter()
                     try:
-                        new = equation.simulate(state, dt=dt, steps=save_every, closure=solver_closure, time=t,
-                                                method=method, closure_per_stage=closure_per_stage)
+                        new, taken = _interval(equation, state, dt, save_every, solver_closure, t, interval, method,
+                                               closure_per_stage)
                         _sync(state.device)
                         seconds += _time.perf_counter() - start
-                        steps += save_every
+                        steps += taken
+                        interval_steps[j] += taken
                         break
                     except solvers.BlowUpError as err:
                         seconds += _time.perf_counter() - start
                         steps += err.step
+                        interval_steps[j] += err.step
                         bad = set(int(m) for m in err.members)
                         for m in bad:
                             blowup_time[active[m]] = err.time
@@ -311,7 +322,18 @@ def integrate(equation, closure, initial: torch.Tensor, dt: float, save_every: i
                 field[active, j] = state.cpu().numpy()
                 sgs[active, j] = closure(state).cpu().numpy()
                 bar.update(1)
-    return LESResult(field, sgs, times, blowup_time, seconds, saves * interval, steps)
+    return LESResult(field, sgs, times, blowup_time, seconds, saves * interval, steps, interval_steps)
+
+
+def _interval(equation, state, dt, save_every, closure, t: float, interval: float, method: str, per_stage: bool):
+    """One interval between snapshots from model time ``t``: (the state at its end, the steps taken)."""
+    if not isinstance(dt, solvers.CFL):
+        return equation.simulate(state, dt=dt, steps=save_every, closure=closure, time=t, method=method,
+                                 closure_per_stage=per_stage), save_every
+    taken = []
+    new = equation.simulate(state, dt=dt, closure=closure, time=t, save_times=[t + interval], method=method,
+                            closure_per_stage=per_stage, on_save=lambda i, time, w_hat: taken.append(i))
+    return new, taken[-1]
 
 
 def _check_model(model: str, cfg: Config, var: str, identity: str, source) -> None:
@@ -405,10 +427,13 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
         raise ClosureError(f"{source}: the dataset has no snapshots")
     interval = cfg.dns.sample_interval if times.size < 2 else float(times[1] - times[0])
     run = cfg.run
-    ratio = interval / run.dt
-    if abs(ratio - round(ratio)) > 1e-6 * max(1.0, ratio) or round(ratio) < 1:
-        raise ClosureError(f"run.dt={run.dt} must divide the dataset's sample interval {interval:g}")
-    save_every = int(round(ratio))
+    if run.adaptive:  # CFL steps landing on every snapshot time
+        step, save_every = solvers.CFL(cfl=run.cfl, max_dt=interval), None
+    else:
+        ratio = interval / run.dt
+        if abs(ratio - round(ratio)) > 1e-6 * max(1.0, ratio) or round(ratio) < 1:
+            raise ClosureError(f"run.dt={run.dt} must divide the dataset's sample interval {interval:g}")
+        step, save_every = float(run.dt), int(round(ratio))
     saves = int(math.floor(run.time / interval + 1e-9))
     if saves < 1:
         raise ClosureError(f"run.time={run.time} is shorter than the dataset's sample interval {interval:g}")
@@ -436,13 +461,17 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
         if run.compile:
             closure = compile_closure(closure)
 
-    log.info("les %s: %d trajectories %s, %d steps of dt=%g on %s", label, len(ids), ids, saves * save_every,
-             run.dt, device)
+    if run.adaptive:
+        log.info("les %s: %d trajectories %s, %d intervals of %g with CFL steps (cfl %g) on %s", label, len(ids),
+                 ids, saves, interval, run.cfl, device)
+    else:
+        log.info("les %s: %d trajectories %s, %d steps of dt=%g on %s", label, len(ids), ids, saves * save_every,
+                 run.dt, device)
     with cpu_threads(device, cfg.les.resolution) as threads:
         n_threads = torch.get_num_threads()
-        result = integrate(equation, closure, state, run.dt, save_every, saves, t0=t0, method=run.integrator,
+        result = integrate(equation, closure, state, step, save_every, saves, t0=t0, method=run.integrator,
                            desc=f"les {label}", show_progress=show_progress,
-                           closure_per_stage=run.closure_per_stage)
+                           closure_per_stage=run.closure_per_stage, interval=interval)
 
     # ---------------------------------------------------------------- cost
     les_spmt = result.seconds / result.model_time if result.model_time > 0 else float("nan")
@@ -467,18 +496,23 @@ def write_run(out, output, result, *, label, ids, dt, data_config, integrator, s
               seconds_per_model_time, dns_cost, device, n_threads, extra_attrs=None) -> Path:
     """Complete an LES or ladder output (blow-up times, provenance, cost like for like) and write it atomically.
 
+    ``les_steps`` (time): the steps taken to reach each snapshot (``dt`` is "auto" for CFL steps).
     The cost attributes: ``les_seconds_per_model_time`` (wall seconds per unit model time,
     warm-up excluded), ``les_ms_per_step``, the DNS's cost from ``dns_cost`` = (seconds per
     model time, how it was obtained), their ratio, and the device, torch threads and batch.
     """
     dns_spmt, dns_source = dns_cost
+    if result.interval_steps is not None:
+        out["les_steps"] = ("time", result.interval_steps,
+                            {"long_name": "LES steps taken since the previous snapshot (the batch shares them)",
+                             "units": "1"})
     out["blowup_time"] = ("trajectory", result.blowup_time,
                           {"long_name": "model time at which the trajectory became non-finite (NaN: never)",
                            "units": "1"})
     blowups = [{"trajectory": ids[i], "time": float(result.blowup_time[i])}
                for i in range(len(ids)) if np.isfinite(result.blowup_time[i])]
     out.attrs.update({
-        "dt": float(dt),
+        "dt": "auto" if dt == "auto" else float(dt),
         "dns_dt": "auto" if data_config.dns.adaptive else float(data_config.dns.dt),
         "integrator": integrator,
         "reference": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),

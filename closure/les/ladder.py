@@ -20,7 +20,8 @@ Two initial states, answering two questions (``run.ladder_starts``):
   trajectory metrics (decorrelation) compare like with like.
 
 The step is the LES step scaled by the CFL ratio, ``run.dt * n_les / n``, shortened
-to divide the sample interval. Cost is timed like the LES models
+to divide the sample interval (``run.dt: auto``: CFL steps at ``run.cfl`` on this
+grid). Cost is timed like the LES models
 (`closure.les.coupled.integrate`: one untimed warm-up step, wall clock of the
 stepping only, the same device, batch and torch threads as the LES of the same
 dataset), in seconds per unit model time.
@@ -56,6 +57,7 @@ from closure.data.filters import prolong_hat, restrict_hat
 from closure.data.system import make_filter, plain_equation, trajectory_seeds
 from closure.errors import ClosureError
 from closure.les.coupled import cpu_threads, dns_cost, integrate, les_config, test_trajectories, write_run
+from solvers import CFL
 from solvers.spectral import SpectralGrid
 
 log = logging.getLogger("closure.les.ladder")
@@ -186,8 +188,11 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
     saves = int(math.floor(cfg.run.time / interval + 1e-9))
     if saves < 1:
         raise ClosureError(f"run.time={cfg.run.time} is shorter than the dataset's sample interval {interval:g}")
-    save_every = _save_every(interval, cfg.run.dt * n_les / spec.resolution)
-    dt = interval / save_every
+    if cfg.run.adaptive:  # CFL steps at this resolution, landing on the snapshots
+        dt, save_every = CFL(cfl=cfg.run.cfl, max_dt=interval), None
+    else:
+        save_every = _save_every(interval, cfg.run.dt * n_les / spec.resolution)
+        dt = interval / save_every
     t0 = float(times[0])
 
     test = test_trajectories(cfg, int(ds.sizes["trajectory"]))
@@ -200,13 +205,14 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
     dns_grid = SpectralGrid(n_dns, length, ndim, dtype, device)
     initial = grid.to_physical(_initial_hat(spec, ds, test, var, grid, les_grid, dns_grid, source, device, dtype))
 
-    log.info("les %s: plain solver %d^%d from the %s start, %d trajectories %s, %d steps of dt=%.4g on %s",
-             spec.label, spec.resolution, ndim, spec.start, len(ids), ids, saves * save_every, dt, device)
+    steps = f"CFL steps (cfl {cfg.run.cfl:g})" if cfg.run.adaptive else f"{saves * save_every} steps of dt={dt:.4g}"
+    log.info("les %s: plain solver %d^%d from the %s start, %d trajectories %s, %s on %s",
+             spec.label, spec.resolution, ndim, spec.start, len(ids), ids, steps, device)
     # the thread setting of the LES grid, so that the ladder and the LES models are timed alike
     with cpu_threads(device, n_les):
         n_threads = torch.get_num_threads()
         result = integrate(equation, None, initial, dt, save_every, saves, t0=t0, method=cfg.run.integrator,
-                           desc=f"les {spec.label}", show_progress=show_progress)
+                           desc=f"les {spec.label}", show_progress=show_progress, interval=interval)
 
     field = _coarse_grain(result.field, grid, les_grid, make_filter(cfg), device, dtype)
     spmt = result.seconds / result.model_time if result.model_time > 0 else float("nan")
@@ -223,7 +229,8 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
         "ladder_factor": float(spec.resolution / n_les),
         "ladder_start": spec.start,
     })
-    return write_run(out, output, result, label=spec.label, ids=ids, dt=dt, data_config=data_config,
+    return write_run(out, output, result, label=spec.label, ids=ids, dt="auto" if cfg.run.adaptive else dt,
+                     data_config=data_config,
                      integrator=cfg.run.integrator, source=source, identity=ds_io.dataset_identity(ds),
                      seconds_per_model_time=spmt, dns_cost=(dns_spmt, dns_source), device=device,
                      n_threads=n_threads, extra_attrs=extra_attrs)

@@ -163,13 +163,14 @@ def _les_errors(data: StudyData, closure, config: Config) -> dict:
 
     cfg = data.data_config.model_copy(update={"run": config.run})
     interval = float(data.times[1] - data.times[0]) if data.times.size > 1 else cfg.dns.sample_interval
-    save_every = max(1, int(round(interval / config.run.dt)))
+    dt = config.run.fixed_dt("the study's LES")
+    save_every = max(1, int(round(interval / dt)))
     ref = reference_fields(data, config)
     saves = ref.shape[1] - 1
     ids = [data.trajectory_ids[i] for i in data.splits["test"]]
     equation = les_equation(cfg, dtype=data.dtype, device="cpu", seeds=trajectory_seeds(cfg, ids))
     state = torch.as_tensor(ref[:, 0]).to(data.dtype)
-    res = integrate(equation, closure, state, config.run.dt, save_every, saves, t0=float(data.times[0]),
+    res = integrate(equation, closure, state, dt, save_every, saves, t0=float(data.times[0]),
                     method=config.run.integrator, desc="sweep les", show_progress=False)
     return {**field_errors(res.field, ref), "blowups": int(np.isfinite(res.blowup_time).sum())}
 

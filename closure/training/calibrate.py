@@ -94,7 +94,7 @@ def calibrate(config: Config, data, model: str, run_dir: Optional[Union[str, Pat
     check_dataset(config, ds)
     source = str(ds.encoding.get("source", data))
     try:
-        per_sample = steps_per_sample(dataset_config(ds).dns.sample_interval, config.run.dt)
+        per_sample = steps_per_sample(dataset_config(ds).dns.sample_interval, config.run.fixed_dt("calibration"))
     except ValueError as err:
         raise ClosureError(f"{source}: {err}") from None
     n_snap = ds.sizes["time"]

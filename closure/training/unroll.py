@@ -186,8 +186,9 @@ def windows_loss(closure, config, ds, windows, samples: int, per_sample: int, *,
                           _window_equation(config, group, ids, dtype, device, cache))
         ref, eq = cache[key]
         with torch.set_grad_enabled(grad):
-            per = window_loss(eq, closure, ref, config.run.dt, per_sample, time=times[start],
-                              method=config.run.integrator, checkpoint_every=config.train.gradient_checkpoint,
+            per = window_loss(eq, closure, ref, config.run.fixed_dt("the unrolled loss"), per_sample,
+                              time=times[start], method=config.run.integrator,
+                              checkpoint_every=config.train.gradient_checkpoint,
                               spectral_weight=config.train.spectral_loss,
                               closure_per_stage=config.run.closure_per_stage)
         if is_blowup(per.detach()).any():
@@ -214,7 +215,8 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
     source = str(ds.encoding.get("source", data))
     name = field_variable(ds)
     try:
-        per_sample = steps_per_sample(dataset_config(ds).dns.sample_interval, config.run.dt)
+        per_sample = steps_per_sample(dataset_config(ds).dns.sample_interval,
+                                      config.run.fixed_dt("a-posteriori training"))
     except ValueError as err:
         raise ClosureError(f"{source}: {err}") from None
     n_snap = ds.sizes["time"]
@@ -272,8 +274,8 @@ class UnrolledObjective:
         ref = _load_windows(self.ds, self.name, windows, samples, self.dtype, self.device)
         eq = _window_equation(self.config, windows, self.ids, self.dtype, self.device, self.cache)
         with torch.set_grad_enabled(grad):
-            return window_loss(eq, self.model, ref, self.config.run.dt, self.per_sample,
-                               time=self.times[windows[0][1]], method=self.config.run.integrator,
+            return window_loss(eq, self.model, ref, self.config.run.fixed_dt("the unrolled loss"),
+                               self.per_sample, time=self.times[windows[0][1]], method=self.config.run.integrator,
                                checkpoint_every=self.tc.gradient_checkpoint, spectral_weight=self.tc.spectral_loss,
                                closure_per_stage=self.config.run.closure_per_stage)
 
