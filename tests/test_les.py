@@ -278,3 +278,44 @@ def test_adaptive_les_is_refused_where_fixed_steps_are_needed(tiny_config, tiny_
         calibrate(config, tiny_dataset, "smagorinsky", tmp_path / "c")
     with pytest.raises(ClosureError, match="run.dt: auto .* a-posteriori training .* give run.dt a number"):
         train_aposteriori(config, tiny_dataset, tmp_path / "t")
+
+
+def _coupled_les_on(device: str, tiny_config, tiny_dataset, tmp_path):
+    """A tiny trained closure's coupled LES on ``device`` and on the CPU (paths of the outputs)."""
+    import copy
+
+    from closure.les.coupled import run_les
+    from closure.training.trainer import train
+
+    tiny_config["train"]["epochs"] = 1
+    config = config_from_dict(tiny_config)
+    run = train(config, tiny_dataset, tmp_path / "model", progress_enabled=False)
+    other = copy.deepcopy(tiny_config)
+    other["device"] = device
+    a = run_les(config, run, tiny_dataset, tmp_path / "cpu.nc", show_progress=False)
+    b = run_les(config_from_dict(other), run, tiny_dataset, tmp_path / f"{device}.nc", show_progress=False)
+    return a, b
+
+
+def _assert_same_les(a, b, rtol):
+    with xr.open_dataset(a) as x, xr.open_dataset(b) as y:
+        names = [v for v in x.data_vars if x[v].dtype.kind == "f" and x[v].ndim >= 3]
+        assert names
+        for v in names:
+            scale = float(np.nanmax(np.abs(x[v].values)))
+            assert np.isfinite(y[v].values).all() == np.isfinite(x[v].values).all()
+            np.testing.assert_allclose(y[v].values, x[v].values, rtol=0, atol=rtol * scale, err_msg=v)
+
+
+def test_coupled_les_of_a_trained_closure_is_the_same_run_twice(tiny_config, tiny_dataset, tmp_path):
+    """The CPU twin of the CUDA check below (the comparison itself is exercised on every machine)."""
+    a, b = _coupled_les_on("cpu", tiny_config, tiny_dataset, tmp_path)
+    _assert_same_les(a, b, rtol=0.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_coupled_les_of_a_trained_closure_matches_the_cpu(tiny_config, tiny_dataset, tmp_path):
+    """The whole `closure les` stage with a learned closure on the GPU (CUDA graphs) agrees with the CPU run."""
+    a, b = _coupled_les_on("cuda", tiny_config, tiny_dataset, tmp_path)
+    _assert_same_les(a, b, rtol=2e-3)
