@@ -69,12 +69,12 @@ def _low_mode_blocks(h: int, ndim: int) -> list[tuple]:
     return [(Ellipsis,) + b for b in blocks]
 
 
-def dealias_residual(f: torch.Tensor, ndim: int, length: float) -> torch.Tensor:
+def dealias_residual(f: torch.Tensor, ndim: int, length: float, f_hat: torch.Tensor | None = None) -> torch.Tensor:
     """``N(f) - N_les(f)`` of a physical field (module docstring): ``(batch, n)``, ``(batch, n, n)``
     or the velocity ``(batch, 3, n, n, n)`` (then the projected ``P(u x omega)`` of `solvers.NavierStokes3D`).
 
     ``N(f)`` is computed on the `exact_grid` (zero-padded spectrum, products there,
-    restricted back to |m| < n/2).
+    restricted back to |m| < n/2). ``f_hat``: the field's rfft if the caller has it.
     """
     n = f.shape[-1]
     m = exact_grid(n)
@@ -83,7 +83,7 @@ def dealias_residual(f: torch.Tensor, ndim: int, length: float) -> torch.Tensor:
         cls = {1: solvers.Burgers1D, 2: solvers.NavierStokes2D, 3: solvers.NavierStokes3D}[ndim]
         _EQUATIONS[key] = tuple(cls(k, viscosity=1.0, length=length, dtype=f.dtype, device=f.device) for k in (n, m))
     les, fine = _EQUATIONS[key]
-    f_hat = les.grid.to_spectral(f)
+    f_hat = les.grid.to_spectral(f) if f_hat is None else f_hat
     scale = (m / n) ** ndim
     padded = torch.zeros(f.shape[:-ndim] + fine.grid.spectral_shape, dtype=f_hat.dtype, device=f.device)
     blocks = _low_mode_blocks(n // 2, ndim)
@@ -150,6 +150,20 @@ def _spectral_1d(u: torch.Tensor, length: float, features: Sequence[str]) -> lis
     return out
 
 
+_GRADIENT_OPERATORS: dict = {}
+
+
+def _gradient_operators(ny: int, nx: int, length: float, like: torch.Tensor) -> torch.Tensor:
+    """``(i k_x, i k_y)`` stacked on the rfft grid, ``(2, ny, nx // 2 + 1)``, cached per grid,
+    dtype and device (made on the device, like `_wavenumbers`)."""
+    key = (ny, nx, float(length), like.dtype, like.device)
+    if key not in _GRADIENT_OPERATORS:
+        kx = _wavenumbers(nx, length, like, real=True)[None, :]
+        ky = _wavenumbers(ny, length, like, real=False)[:, None]
+        _GRADIENT_OPERATORS[key] = torch.stack(torch.broadcast_tensors(1j * kx, 1j * ky))
+    return _GRADIENT_OPERATORS[key]
+
+
 def _spectral_2d(f: torch.Tensor, length: float, features: Sequence[str]) -> list[torch.Tensor]:
     ny, nx = f.shape[-2:]
     kx = _wavenumbers(nx, length, f, real=True)[None, :]
@@ -161,12 +175,13 @@ def _spectral_2d(f: torch.Tensor, length: float, features: Sequence[str]) -> lis
 
     out = []
     for name in features:
-        if name == "gradient":
-            out += [back(1j * kx), back(1j * ky)]
+        if name == "gradient":  # both derivatives in one transform
+            ops = _gradient_operators(ny, nx, length, f)
+            out += list(torch.fft.irfft2(ops * f_hat.unsqueeze(-3), s=(ny, nx), dim=(-2, -1)).unbind(-3))
         elif name == "laplacian":
             out.append(back(-(kx**2 + ky**2)))
         elif name == "dealias_residual":
-            out.append(dealias_residual(f, 2, length))
+            out.append(dealias_residual(f, 2, length, f_hat))
         else:
             k2 = kx**2 + ky**2
             inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
