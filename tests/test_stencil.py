@@ -200,6 +200,20 @@ def test_cnn_folded_inference_equals_the_network(ndim, shape, activation):
     assert all(a is b for a, b in zip(folded, model.folded().tensors()))   # what a CUDA graph captured
 
 
+def test_gradient_features_are_the_exact_derivatives():
+    """channels [f, f_x, f_y] of f = sin(2x + 3y) on [0, L)^2 (state indexed [y, x])."""
+    from closure.nn.features import feature_channels
+
+    n, length = 16, 3.0
+    k = 2 * math.pi / length
+    coords = torch.arange(n) * length / n
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    phase = k * (2 * x + 3 * y)
+    channels = feature_channels(torch.sin(phase)[None], 2, ["gradient"], length)
+    torch.testing.assert_close(channels[0, 1], 2 * k * torch.cos(phase))
+    torch.testing.assert_close(channels[0, 2], 3 * k * torch.cos(phase))
+
+
 class Section:
     """A config section as an object with attributes (like the pydantic ModelConfig)."""
 
