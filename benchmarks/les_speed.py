@@ -19,7 +19,8 @@ each called at every integrator stage and once per step
   ``(DNS ms/step / dns.dt) / (LES ms/step / run.dt)`` at the same batch.
 
 The table is printed and, with ``--write``, replaces the "## Coupled LES"
-section of that Markdown file (other sections are left alone).
+section of that Markdown file ("## Coupled LES (cuda)" for a CUDA device; other
+sections are left alone).
 """
 
 from __future__ import annotations
@@ -253,11 +254,18 @@ the ranges below span both):
 """
 
 
-def write_section(path: Path, body: str, command: str) -> None:
+def section_title(device) -> str:
+    """The Markdown section a table of ``device`` replaces: the CPU's carries the reading."""
+    return SECTION if torch.device(device).type == "cpu" else f"{SECTION} ({torch.device(device).type})"
+
+
+def write_section(path: Path, body: str, command: str, device="cpu") -> None:
     text = path.read_text() if path.exists() else "# Performance\n"
-    section = f"{SECTION}\n\nMeasured with `{command}` (`benchmarks/les_speed.py`).\n\n{body}{READING}"
+    title = section_title(device)
+    reading = READING if title == SECTION else ""
+    section = f"{title}\n\nMeasured with `{command}` (`benchmarks/les_speed.py`).\n\n{body}{reading}"
     lines = text.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.strip() == SECTION), None)
+    start = next((i for i, l in enumerate(lines) if l.strip() == title), None)
     if start is None:
         new = text.rstrip("\n") + "\n\n" + section
     else:
@@ -275,7 +283,8 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--compile", action="store_true", help="also time the config's closure under torch.compile")
     p.add_argument("--no-extra", action="store_true", help="time only the config's learned closure")
-    p.add_argument("--write", default=None, help="Markdown file whose '## Coupled LES' section is replaced")
+    p.add_argument("--write", default=None, help="Markdown file whose '## Coupled LES' section (on a GPU: "
+                   "'## Coupled LES (cuda)') is replaced")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = load_config(args.config, args.set)
@@ -290,7 +299,7 @@ def main(argv=None):
                             "--batches", *map(str, args.batches), "--threads", str(args.threads),
                             "--device", args.device, *(["--compile"] if args.compile else []),
                             *sum((["--set", s] for s in args.set), [])])
-        write_section(Path(args.write), body, command)
+        write_section(Path(args.write), body, command, device)
 
 
 if __name__ == "__main__":
