@@ -207,45 +207,46 @@ def _cores() -> int:
 
 READING = """
 Reading (process CPU time, so the ratios hold on a shared machine; the wall clock on the loaded
-2-core VM was 2-4x larger; the ratios moved by up to ~20% between two runs at load 12-17, and
-the ranges below span both):
+2-core VM was 2-4x larger; the ratios moved by up to ~20% between three runs at load 12-18, and
+the ranges below span them):
 
 - **Met (<= 2x): small field-only CNNs once per step.** A 3x3 CNN [4] on the vorticity alone,
-  evaluated once per step (`run.closure_per_stage: false`), costs 1.6-1.8x (batch 2) and
-  1.6-1.7x (batch 16) the no-closure step; a CNN [8] 1.75-2.0x / 1.6-2.0x (at the limit). What
-  made it: (1) the held closure keeps the solver's kept-columns step
-  (`NavierStokes2D.kept_block`; before, any closure sent the step to the full-spectrum path, see
-  the identity row); (2) `FoldedCNN`: the normalization, layer multipliers and tanh's affine
-  part folded into the convolutions (per layer one pad, one convolution, one in-place sigmoid; a
-  matmul readout), and torch's native convolution instead of oneDNN for these small layers (in a
-  separate timing of `conv2d` on these shapes oneDNN was 2-7x slower; on 32 x 32 channels it
-  wins, hence `NATIVE_CONV_MAX_CHANNELS`). What is left per step: one inverse and one forward 2D
-  FFT (~5% / 8% of the no-closure step) and the network.
+  evaluated once per step (`run.closure_per_stage: false`), costs 1.6-1.8x (batch 2 and batch
+  16) the no-closure step; a CNN [8] 1.75-2.0x / 1.6-2.0x (at the limit). What made it: (1) the
+  held closure keeps the solver's kept-columns step (`NavierStokes2D.kept_block`; before, any
+  closure sent the step to the full-spectrum path, see the identity row); (2) `FoldedCNN`: the
+  normalization, layer multipliers and tanh's affine part folded into the convolutions (per
+  layer one pad, one convolution, one in-place sigmoid; a matmul readout), and torch's native
+  convolution instead of oneDNN for these small layers (in a separate timing of `conv2d` on
+  these shapes oneDNN was 2-7x slower; on 32 x 32 channels it wins, hence
+  `NATIVE_CONV_MAX_CHANNELS`). What is left per step: one inverse and one forward 2D FFT (~5% /
+  8% of the no-closure step) and the network.
 - **But these cheap networks are not accurate.** Without the dealias-residual input a local 3x3
   CNN cannot rebuild the advection that the 2/3 rule discards (~60% of the SGS variance here):
   a-priori correlation 0.35 for [8, 8] on the filtered LES (docs/results.md) and 0.15 for [8] on
   the correction dataset (`closure train ... --set model.type=cnn --set model.stencil=3 --set
   model.hidden=[8] --set model.features=[]`, `metrics.json` "apriori").
 - **Not met: the accurate closure** (CNN [8, 8] with dealias residual and gradient, the one that
-  beats plain 48^2 as a correction, docs/results.md): 11x / 14-16x per stage (21x / 19x before
-  the two changes above) and 3.6-4.1x / 4.1-4.6x once per step (6.3x / 5.8x before). Half of it
-  is the dealias residual, a nonlinear term on the 48^2 grid plus the LES's own (timed alone:
-  ~0.2 ms for batch 2, ~0.6 ms for 16 per evaluation, more than the whole no-closure step), the
-  rest two 3x3 convolutions with 4 and 8 input channels (~9 Mflop per evaluation for batch 16).
+  beats plain 48^2 as a correction, docs/results.md): 11-13x / 14-16x per stage (21x / 19x
+  before the two changes above) and 3.6-4.1x / 4.1-4.6x once per step (6.3x / 5.8x before). Half
+  of it is the dealias residual, a nonlinear term on the 48^2 grid plus the LES's own (timed
+  alone: ~0.2 ms for batch 2, ~0.6 ms for 16 per evaluation, more than the whole no-closure
+  step), the rest two 3x3 convolutions with 4 and 8 input channels (~9 Mflop per evaluation for
+  batch 16).
 - **Per stage cannot meet 2x on this path.** A closure called at every stage makes every column
   of the spectrum enter the stages: with an identity closure (no network) the step already costs
-  2.0-2.2x (batch 2) / 1.9-2.1x (batch 16) the no-closure step (full-spectrum stages, two
+  2.0-2.4x (batch 2) / 1.9-2.1x (batch 16) the no-closure step (full-spectrum stages, two
   transforms per stage), which leaves no room for a network.
 - **The step.** The per-step ratios do not depend on `run.dt`. The accurate closure keeps its
-  scores at dt = 0.1 at every stage (docs/results.md), so per model time (11x / 14-16x the step,
-  10x fewer steps) it costs 1.1x (batch 2) and 1.4-1.6x (batch 16) the no-closure LES at the
-  demo's dt = 0.01; the no-closure LES gives the same scores at dt = 0.05, against which it is
-  2.1-2.3x / 2.8-3.1x. Holding it over the step loses most of its accuracy at dt = 0.01 and all
-  of it at dt >= 0.05 (docs/results.md), so the cheapest accurate configuration is per stage at
-  dt = 0.1.
+  scores at dt = 0.1 at every stage (docs/results.md), so per model time (11-13x / 14-16x the
+  step, 10x fewer steps) it costs 1.1-1.3x (batch 2) and 1.4-1.6x (batch 16) the no-closure LES
+  at the demo's dt = 0.01; the no-closure LES gives the same scores at dt = 0.05, against which
+  it is 2.1-2.6x / 2.8-3.1x. Holding it over the step loses most of its accuracy at dt = 0.01
+  and all of it at dt >= 0.05 (docs/results.md), so the cheapest accurate configuration is per
+  stage at dt = 0.1.
 - `torch.compile` (`run.compile`, `--compile`) compiles the network's reference form (the
-  spectral features stay eager): on this CPU the folded eager network is faster (4.3-4.4x /
-  4.5-5.6x compiled against 3.6-4.1x / 4.1-4.6x eager, once per step), at ~20 s of compilation
+  spectral features stay eager): on this CPU the folded eager network is faster (4.3-4.5x /
+  4.5-5.8x compiled against 3.6-4.1x / 4.1-4.6x eager, once per step), at ~20 s of compilation
   per batch size.
 - torch's CPU `tanh` is ~20x slower than its `sigmoid` here; the networks use the identity
   tanh(x) = 2 sigmoid(2x) - 1 (same values to 2e-7 in float32), folded in `FoldedCNN`.
