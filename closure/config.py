@@ -268,8 +268,18 @@ class FilterConfig(Section):
 
 
 class LESConfig(Section):
+    """The LES grid, its filter and what the LES advances (``formulation``).
+
+    ``filtered``: the LES advances the filtered field ``P G w`` and the closure supplies the
+    exact SGS term of the filter. ``correction``: the LES is the plain solver on the LES grid
+    (the truncated field ``P w``, the unfiltered forcing ``P f``) plus a learned correction
+    (the truncation's commutator ``P N(w) - N_les(P w)``); its output is filtered by ``G`` for
+    scoring against the filtered DNS (docs/conventions.md, "Formulations").
+    """
+
     resolution: Resolution = 64
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    formulation: Literal["filtered", "correction"] = "filtered"
 
 
 class DataConfig(Section):
@@ -487,6 +497,8 @@ class Config(Section):
             raise ValueError(f"les.resolution={n_les} must divide dns.resolution={n_dns}")
         if n_les % 2 or n_dns % 2:
             raise ValueError("dns.resolution and les.resolution must be even")
+        if self.les.formulation == "correction" and self.system.ndim > 2:
+            raise ValueError("les.formulation=correction supports burgers_1d and navier_stokes_2d only")
         if self.dns.adaptive and self.system.forcing.type == "stochastic":
             raise ValueError("dns.dt: auto needs a steady forcing (the stochastic forcing switches on a "
                              "fixed step's multiples); give dns.dt a number")

@@ -8,6 +8,11 @@ A dataset holds, for ``trajectory`` independent runs and ``time`` snapshots,
     dns_steps   DNS time steps taken before each snapshot, since the previous one
                 (the first: since the initial condition)  (trajectory, time); with
                 ``dns.dt: auto`` they follow the flow's velocity (CFL)
+    omega_coarse | u_coarse, sgs_coarse   (``les.formulation: correction`` only) the truncated
+                field P w and its commutator P R(w) - R_les(P w): what the plain solver
+                on the LES grid advances and what its learned correction must supply
+                (`les_view` puts them in place of the field and ``sgs`` for training and
+                the LES; the filtered field stays the scoring reference)
     omega_dns_t0 | u_dns_t0   the DNS field w at each trajectory's first snapshot
                 (trajectory, [[z_dns,] y_dns,] x_dns; in 3D u_dns_t0, v_dns_t0, w_dns_t0),
                 always stored: the initial state of the plain-solver resolution ladder
@@ -56,8 +61,9 @@ __all__ = [
     "FIELD_NAMES", "field_name", "spatial_dims", "build_dataset", "write", "open_dataset", "validate",
     "dataset_config", "split_trajectories", "encoding_for", "REQUIRED_ATTRS", "global_attrs",
     "COMPONENTS", "field_dims", "component_variables", "split_components", "stack_components", "dns_start_name",
-    "dns_start", "dataset_identity", "has_dns_start",
+    "dns_start", "dataset_identity", "has_dns_start", "COARSE_SUFFIX", "formulation", "les_view",
 ]
+COARSE_SUFFIX = "_coarse"
 
 FIELD_NAMES = {name: spec.field for name, spec in EQUATIONS.items()}
 # vector fields: the file variables of the components (x, y, z), in the solver's component order
@@ -172,11 +178,12 @@ def _version() -> str:
 def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[float],
                   trajectory_ids: Sequence[int], dns_field: Optional[np.ndarray] = None,
                   created: Optional[str] = None, dns_start: Optional[np.ndarray] = None,
-                  dns_steps: Optional[np.ndarray] = None) -> xr.Dataset:
+                  dns_steps: Optional[np.ndarray] = None, coarse: Optional[tuple] = None) -> xr.Dataset:
     """The contract's dataset from arrays ``(trajectory, time, *space)`` and a `Config`.
 
     ``dns_field``: the DNS fields of every snapshot (``keep_dns``); ``dns_start``: the DNS
-    field at each trajectory's first snapshot ``(trajectory, *dns space)``.
+    field at each trajectory's first snapshot ``(trajectory, *dns space)``; ``coarse``: the
+    pair (truncated field ``P w``, its commutator) of the correction formulation.
     Values are cast to ``config.dtype``; coordinates are float64 physical positions.
     """
     s = config.system
@@ -200,6 +207,12 @@ def build_dataset(config, field: np.ndarray, sgs: np.ndarray, times: Sequence[fl
         name: (dims, np.asarray(field, dtype=dtype), {"long_name": _LONG_NAMES[name], "units": _UNITS[name]}),
         "sgs": (dims, np.asarray(sgs, dtype=dtype), {"long_name": _SGS_LONG_NAME[name], "units": _UNITS["sgs"]}),
     }
+    if coarse is not None:
+        data_vars[name + COARSE_SUFFIX] = (dims, np.asarray(coarse[0], dtype=dtype), {
+            "long_name": f"truncated field P {name} (the plain solver's state on the LES grid)", "units": _UNITS[name]})
+        data_vars["sgs" + COARSE_SUFFIX] = (dims, np.asarray(coarse[1], dtype=dtype), {
+            "long_name": f"truncation commutator P R({name}) - R_les(P {name}) (the correction of the plain solver)",
+            "units": _UNITS["sgs"]})
     if dns_field is not None or dns_start is not None:
         for axis in "xyz"[:s.ndim]:
             coords[f"{axis}_dns"] = (f"{axis}_dns", _coordinate(n_dns, s.length),
@@ -244,6 +257,7 @@ def global_attrs(config, created: Optional[str] = None) -> dict:
         "closure_version": _version(),
         "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "sgs_definition": "sgs = P G R(w) - R_les(P G w); d(field)/dt = R_les(field) + sgs",
+        "formulation": config.les.formulation,
     }
     return attrs
 
@@ -328,6 +342,28 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
                 raise ClosureError(f"{source}: variable {start!r} has dimensions {tuple(ds[start].dims)}, "
                                    f"expected {expect}")
     return ds
+
+
+def formulation(ds: xr.Dataset) -> str:
+    """``filtered`` or ``correction``: what the LES of this dataset advances (``les.formulation``)."""
+    return str(ds.attrs.get("formulation", "filtered"))
+
+
+def les_view(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
+    """The dataset as the closure and the LES see it: for the correction formulation the
+    truncated field and its commutator (``omega_coarse``, ``sgs_coarse``) in place of the
+    field and ``sgs`` (lazy, attributes kept); otherwise ``ds`` itself. Training, calibration
+    and the LES's initial state read this view; the evaluation reads the filtered field."""
+    if formulation(ds) != "correction":
+        return ds
+    name = FIELD_NAMES[ds.attrs["equation"]]
+    pair = (name + COARSE_SUFFIX, "sgs" + COARSE_SUFFIX)
+    missing = [v for v in pair if v not in ds.data_vars]
+    if missing:
+        raise ClosureError(f"{source}: a correction-formulation dataset without the variable {missing[0]!r}")
+    view = ds.drop_vars([name, "sgs"]).rename({pair[0]: name, pair[1]: "sgs"})
+    view.encoding = dict(ds.encoding)
+    return view
 
 
 def has_dns_start(ds: xr.Dataset) -> bool:

@@ -5,7 +5,8 @@ trajectory by `closure.data.system.trajectory_seeds`, so values do not depend on
 trajectories are batched or distributed), the DNS is integrated for
 ``dns.spinup_time``, then ``dns.samples`` snapshots are taken every
 ``dns.sample_interval``. Each snapshot is filtered and restricted (``P G w``) and
-its exact SGS term computed (`closure.data.sgs`).
+its exact SGS term computed (`closure.data.sgs`); with ``les.formulation:
+correction`` also the truncated field ``P w`` and its commutator (``*_coarse``).
 
 Trajectories are integrated ``dns.batch_size`` at a time (one batch = one task =
 one *part file*, written atomically under ``<output>.parts/``). When every part
@@ -43,7 +44,8 @@ from solvers import BlowUpError
 from closure.data import dataset as ds_io
 from closure.data.parallelism import choose_layout, dask_client, keep_freed_memory
 from closure.data.sgs import sgs_hat
-from closure.data.system import dns_equation, dns_step_rule, initial_state, les_equation, make_filter, trajectory_seeds
+from closure.data.system import (dns_equation, dns_step_rule, initial_state, les_equation, make_filter,
+                                 solver_filter, trajectory_seeds)
 from closure.config import Config, config_from_yaml, config_to_yaml, resolve_device, resolve_dtype
 from closure import storage
 from closure.errors import ClosureError
@@ -94,6 +96,7 @@ class BatchResult:
     dns: Optional[np.ndarray]
     dns_start: Optional[np.ndarray] = None  # (batch, *dns grid): the DNS field at the first snapshot
     steps: Optional[np.ndarray] = None   # DNS steps taken before each snapshot (since the previous one)
+    coarse: Optional[tuple] = None   # (P w, its commutator): the correction formulation's pair
 
 
 def simulate_batch(config: Config, ids: Sequence[int], device=None,
@@ -117,16 +120,22 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
     dns = dns_equation(config, dtype=dtype, device=device, seeds=seeds)
     les = les_equation(config, dtype=dtype, device=device, seeds=seeds)
     filt = make_filter(config)
+    truncation = solver_filter(config) if config.les.formulation == "correction" else None
     d = config.dns
     dt = d.dt
     grid = dns.grid
     keep = config.data.keep_dns
     fields, sgss, dnss, times, first, steps = [], [], [], [], [], []
+    coarse_fields, coarse_sgss = [], []
 
     def snapshot(step: int, time: float, w_hat: torch.Tensor):
         field_hat, s_hat = sgs_hat(w_hat, dns, les, filt)
         fields.append(les.grid.to_physical(field_hat).cpu().numpy())
         sgss.append(les.grid.to_physical(s_hat).cpu().numpy())
+        if truncation is not None:
+            field_hat, s_hat = sgs_hat(w_hat, dns, les, truncation)
+            coarse_fields.append(les.grid.to_physical(field_hat).cpu().numpy())
+            coarse_sgss.append(les.grid.to_physical(s_hat).cpu().numpy())
         if keep:
             dnss.append(grid.to_physical(w_hat).cpu().numpy())
         if not first:  # the DNS state at the first snapshot is always kept (the ladder starts from it)
@@ -163,12 +172,13 @@ def simulate_batch(config: Config, ids: Sequence[int], device=None,
     stack = lambda xs: np.stack(xs, axis=1)[:n_real]  # noqa: E731  (batch, time, *space)
     return BatchResult(ids[:n_real], np.asarray(times, dtype=np.float64), stack(fields), stack(sgss),
                        stack(dnss) if keep else None, first[0] if first else None,
-                       np.diff(np.asarray([0] + steps, dtype=np.int64)))
+                       np.diff(np.asarray([0] + steps, dtype=np.int64)),
+                       (stack(coarse_fields), stack(coarse_sgss)) if truncation is not None else None)
 
 
 def _part_dataset(config: Config, result: BatchResult):
     return ds_io.build_dataset(config, result.field, result.sgs, result.times, result.ids, dns_field=result.dns,
-                               dns_start=result.dns_start, dns_steps=result.steps)
+                               dns_start=result.dns_start, dns_steps=result.steps, coarse=result.coarse)
 
 
 def _write_part(config: Config, ids: Sequence[int], path: Path, device=None,

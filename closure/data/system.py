@@ -4,6 +4,8 @@
 equation: the same physics at ``les.resolution`` with the filtered forcing
 ``P G f`` (docs/conventions.md), so that linear terms and forcing commute with ``P G``;
 `plain_equation` the DNS physics (unfiltered forcing ``f``) at any resolution.
+With ``les.formulation: correction`` the LES advances the truncated field ``P w``
+(`solver_filter`: the truncation alone), so its forcing is ``P f``.
 Seeds for per-trajectory random forcing are ``trajectory_seeds(config, ids)``.
 """
 
@@ -19,7 +21,7 @@ from solvers import CFL
 from solvers.forcing import Forcing, seed_for
 from solvers.spectral import SpectralGrid
 
-__all__ = ["trajectory_seeds", "make_forcing", "make_filter", "dns_equation", "les_equation",
+__all__ = ["trajectory_seeds", "make_forcing", "make_filter", "solver_filter", "dns_equation", "les_equation",
            "initial_state", "FilteredForcing",
            "plain_equation"]
 
@@ -35,7 +37,16 @@ def make_forcing(config, seeds: Optional[Sequence[int]] = None) -> Optional[Forc
 
 
 def make_filter(config) -> Filter:
+    """The dataset's filter ``G`` (``les.filter``): what the LES output is scored after."""
     return Filter.from_config(config.les, config.system.length)
+
+
+def solver_filter(config) -> Filter:
+    """The filter of the field the LES advances: ``G`` (formulation ``filtered``), or the
+    truncation ``P`` alone (formulation ``correction``: the transfer function 1)."""
+    if config.les.formulation == "correction":
+        return Filter("spectral", config.les.resolution, config.system.length)
+    return make_filter(config)
 
 
 class FilteredForcing(Forcing):
@@ -80,10 +91,11 @@ def plain_equation(config, n: int, dtype=torch.float64, device="cpu", seeds: Opt
 
 def les_equation(config, dtype=torch.float64, device="cpu", seeds: Optional[Sequence[int]] = None,
                  unforced: bool = False):
-    """The LES equation with the filtered forcing ``P G f``; ``unforced=True`` leaves the forcing
-    out (for closures and diagnostics that only need the LES grid and operators)."""
+    """The LES equation with the filtered forcing ``P G f`` (``P f`` for the correction
+    formulation, `solver_filter`); ``unforced=True`` leaves the forcing out (for closures and
+    diagnostics that only need the LES grid and operators)."""
     base = None if unforced else make_forcing(config, seeds)
-    forcing = None if base is None else FilteredForcing(base, make_filter(config))
+    forcing = None if base is None else FilteredForcing(base, solver_filter(config))
     return _equation(config, config.les.resolution, forcing, dtype, device)
 
 

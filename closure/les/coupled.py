@@ -15,6 +15,12 @@
   Without a run directory the test trajectories are
   ``split_trajectories(n, data.validation_fraction, data.test_fraction, seed)["test"]``,
   the split the training uses.
+- Formulation (``les.formulation``): ``filtered``, the LES advances the filtered field;
+  ``correction``, the LES is the plain solver on the LES grid plus the closure, started
+  from the truncated DNS field ``P w`` (the dataset's `closure.data.dataset.les_view`),
+  and every saved snapshot is filtered by ``G`` (``P G`` on the LES grid,
+  `coarse_grain_snapshots`, as the ladder's rungs) before it is written and scored
+  against the filtered DNS; ``sgs`` holds the closure's (unfiltered) tendency.
 - Each test trajectory starts from its first snapshot (model time
   ``t0 = dns.spinup_time``) and the LES (`closure.data.system.les_equation`, filtered
   forcing ``P G f``; the stochastic Burgers forcing gets each trajectory's own
@@ -63,7 +69,8 @@ import solvers
 
 from closure.data import dataset as ds_io
 from closure.data.generation import generation_key
-from closure.data.system import dns_equation, dns_step_size, initial_state, les_equation, trajectory_seeds
+from closure.data.filters import prolong_hat, restrict_hat
+from closure.data.system import dns_equation, dns_step_size, initial_state, les_equation, make_filter, trajectory_seeds
 from closure.les.baselines import BASELINES, CALIBRATION_FILE, NoClosure, is_baseline, is_calibrated_run, make_closure
 from closure.config import Config, resolve_device, resolve_dtype
 from closure import storage
@@ -74,7 +81,8 @@ from closure.progress import progress
 log = logging.getLogger("closure.les.coupled")
 
 __all__ = ["run_les", "made_by", "test_trajectories", "les_config", "time_dns", "model_label", "LESResult",
-           "integrate", "dns_cost", "warm_up", "write_atomic", "cpu_threads", "compile_closure"]
+           "integrate", "dns_cost", "warm_up", "write_atomic", "cpu_threads", "compile_closure",
+           "coarse_grain_snapshots"]
 
 
 _DNS_COST: dict = {}  # (DNS setup, batch, device, dtype) -> seconds per unit model time
@@ -448,7 +456,7 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     test = test_trajectories(cfg, n_traj, model_str)
     ids = [int(v) for v in np.asarray(ds["trajectory"].values)[test]]
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
-    initial = np.asarray(ds[var].isel(trajectory=test, time=0).values)
+    initial = np.asarray(ds_io.les_view(ds, source)[var].isel(trajectory=test, time=0).values)
     if not np.all(np.isfinite(initial)):
         raise ClosureError(f"{source}: non-finite values in the initial snapshots of trajectories {ids}")
     state = torch.as_tensor(initial).to(device=device, dtype=dtype)
@@ -478,7 +486,10 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     dns_spmt, dns_source = dns_cost(ds, data_config, len(ids), device, dtype)
 
     # ---------------------------------------------------------------- write
-    out = ds_io.build_dataset(cfg, result.field, result.sgs, result.times, ids)
+    field = result.field
+    if cfg.les.formulation == "correction":  # the plain coarse solver's state -> P G w, scored like the ladder
+        field = coarse_grain_snapshots(field, equation.grid, equation.grid, make_filter(cfg), device, dtype)
+    out = ds_io.build_dataset(cfg, field, result.sgs, result.times, ids)
     out[var].attrs["long_name"] = f"LES {var} with closure {label}"
     out["sgs"].attrs["long_name"] = f"closure tendency c({var}) of model {label}"
     out.attrs.update({
@@ -486,10 +497,33 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
         "model": label,
         "model_source": model_str if is_baseline(model_str) else str(Path(model_str).resolve()),
         "closure_per_stage": int(run.closure_per_stage),
+        "formulation": cfg.les.formulation,
     })
     return write_run(out, output, result, label=label, ids=ids, dt=run.dt, data_config=data_config,
                      integrator=run.integrator, source=source, identity=identity, seconds_per_model_time=les_spmt,
                      dns_cost=(dns_spmt, dns_source), device=device, n_threads=n_threads, extra_attrs=extra_attrs)
+
+
+def coarse_grain_snapshots(field: np.ndarray, grid, les_grid, filt, device, dtype) -> np.ndarray:
+    """``P G w`` of every snapshot ``(trajectory, time, *grid)`` onto the LES grid (NaN stays NaN).
+
+    Used for the plain-solver ladder's rungs and for the correction formulation's output
+    (``grid`` = the LES grid: ``G`` and the restriction, which zeroes the Nyquist mode)."""
+    batch, saves = field.shape[:2]
+    components = field.shape[2:-grid.ndim]  # (3,) for the 3D velocity
+    out = np.full((batch, saves) + components + les_grid.shape, np.nan, dtype=field.dtype)
+    with torch.no_grad():
+        for j in range(saves):  # one snapshot of every trajectory at a time: bounded memory
+            snap = field[:, j]
+            ok = np.all(np.isfinite(snap.reshape(batch, -1)), axis=1)
+            if not ok.any():
+                continue
+            w = torch.as_tensor(snap[ok]).to(device=device, dtype=dtype)
+            hat = filt.apply_hat(grid.to_spectral(w), grid)
+            # restriction also at equal sizes: P zeroes the Nyquist mode
+            hat = restrict_hat(hat, grid, les_grid) if grid.n >= les_grid.n else prolong_hat(hat, grid, les_grid)
+            out[ok, j] = les_grid.to_physical(hat).cpu().numpy()
+    return out
 
 
 def write_run(out, output, result, *, label, ids, dt, data_config, integrator, source, identity,

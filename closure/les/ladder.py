@@ -56,7 +56,8 @@ from closure.data import dataset as ds_io
 from closure.data.filters import prolong_hat, restrict_hat
 from closure.data.system import make_filter, plain_equation, trajectory_seeds
 from closure.errors import ClosureError
-from closure.les.coupled import cpu_threads, dns_cost, integrate, les_config, test_trajectories, write_run
+from closure.les.coupled import (coarse_grain_snapshots, cpu_threads, dns_cost, integrate, les_config,
+                                 test_trajectories, write_run)
 from solvers import CFL
 from solvers.spectral import SpectralGrid
 
@@ -214,7 +215,7 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
         result = integrate(equation, None, initial, dt, save_every, saves, t0=t0, method=cfg.run.integrator,
                            desc=f"les {spec.label}", show_progress=show_progress, interval=interval)
 
-    field = _coarse_grain(result.field, grid, les_grid, make_filter(cfg), device, dtype)
+    field = coarse_grain_snapshots(result.field, grid, les_grid, make_filter(cfg), device, dtype)
     spmt = result.seconds / result.model_time if result.model_time > 0 else float("nan")
     dns_spmt, dns_source = dns_cost(ds, data_config, len(ids), device, dtype)
 
@@ -234,22 +235,3 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
                      integrator=cfg.run.integrator, source=source, identity=ds_io.dataset_identity(ds),
                      seconds_per_model_time=spmt, dns_cost=(dns_spmt, dns_source), device=device,
                      n_threads=n_threads, extra_attrs=extra_attrs)
-
-
-def _coarse_grain(field: np.ndarray, grid: SpectralGrid, les_grid: SpectralGrid, filt, device, dtype) -> np.ndarray:
-    """``P G w`` of every snapshot ``(trajectory, time, *grid)`` onto the LES grid (NaN stays NaN)."""
-    batch, saves = field.shape[:2]
-    components = field.shape[2:-grid.ndim]  # (3,) for the 3D velocity
-    out = np.full((batch, saves) + components + les_grid.shape, np.nan, dtype=field.dtype)
-    with torch.no_grad():
-        for j in range(saves):  # one snapshot of every trajectory at a time: bounded memory
-            snap = field[:, j]
-            ok = np.all(np.isfinite(snap.reshape(batch, -1)), axis=1)
-            if not ok.any():
-                continue
-            w = torch.as_tensor(snap[ok]).to(device=device, dtype=dtype)
-            hat = filt.apply_hat(grid.to_spectral(w), grid)
-            # restriction also at equal sizes: P zeroes the Nyquist mode
-            hat = restrict_hat(hat, grid, les_grid) if grid.n >= les_grid.n else prolong_hat(hat, grid, les_grid)
-            out[ok, j] = les_grid.to_physical(hat).cpu().numpy()
-    return out

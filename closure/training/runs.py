@@ -37,7 +37,7 @@ from torch import nn
 from closure import storage
 from closure.config import (Config, config_from_dict, config_from_yaml, config_to_yaml, first_difference,
                             load_config)
-from closure.data.dataset import dataset_identity, open_dataset, split_trajectories, validate
+from closure.data.dataset import dataset_identity, les_view, open_dataset, split_trajectories, validate
 from closure.data.streaming import channel_statistics, closure_core, dataset_statistics, field_variable
 from closure.errors import ClosureError
 from closure.nn import load_model, param_groups, save_model
@@ -71,10 +71,13 @@ def as_config(config) -> Config:
 
 
 def open_data(data):
-    """A dataset (path(s) or an opened ``xarray.Dataset``), checked against the schema."""
+    """A dataset (path(s) or an opened ``xarray.Dataset``), checked against the schema, as the closure
+    sees it (`closure.data.dataset.les_view`: the truncated pair for the correction formulation)."""
     if isinstance(data, xr.Dataset):
-        return validate(data, data.encoding.get("source", "dataset"))
-    return open_dataset(data)
+        source = data.encoding.get("source", "dataset")
+        return les_view(validate(data, source), source)
+    ds = open_dataset(data)
+    return les_view(ds, ds.encoding.get("source", str(data)))
 
 
 def check_dataset(config: Config, ds) -> None:
