@@ -325,6 +325,11 @@ class TrainConfig(Section):
     samples_per_epoch: Optional[PositiveInt] = None  # stencil points per epoch (None: every point)
     weight_decay: NonNegativeFloat = 0.0
     bf16: bool = False
+    # a-posteriori fine-tuning after the a-priori fit (train.mode: apriori): epochs through the solver
+    # with the unroll settings below (0: a-priori only) at the rate finetune_lr (None: train.lr); the
+    # a-priori model is kept in <run>/apriori and wins if its unrolled validation loss is lower
+    finetune_epochs: Annotated[int, Field(ge=0)] = 0
+    finetune_lr: Optional[PositiveFloat] = None
     # a-posteriori (solver-in-the-loop) training
     unroll_steps: PositiveInt = 8          # first unroll length (LES steps); doubles every epoch
     unroll_max_steps: PositiveInt = 32     # longest unroll (LES steps)

@@ -88,3 +88,39 @@ def test_aposteriori_shares_the_apriori_normalization_and_optimizer(tmp_path, ti
     for buffer in ("input_mean", "input_std", "output_mean", "output_std"):
         assert torch.equal(getattr(a, buffer), getattr(b, buffer)), buffer
     assert seen and all(g["weight_decay"] == 0.25 for g in seen[0].param_groups)
+
+
+def test_finetune_after_the_apriori_fit_is_one_training_call(tmp_path, tiny_config, tiny_dataset):
+    """train.finetune_epochs: the a-priori fit in run/apriori, then the fine-tuned model in run; the
+    run's config.yaml is the config that asked for it; the result never loses to its start."""
+    import yaml
+
+    from closure.training.trainer import APRIORI_DIR
+
+    tiny_config["train"].update({"epochs": 1, "finetune_epochs": 2, "finetune_lr": 0.03, "unroll_steps": 5,
+                                 "unroll_max_steps": 10, "unroll_batch": 2, "windows_per_epoch": 4})
+    config = config_from_dict(tiny_config)
+    run = train(config, tiny_dataset, tmp_path / "run", progress_enabled=False)
+    assert (run / APRIORI_DIR / "model.pt").is_file() and (run / "model.pt").is_file()
+    stored = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert stored["mode"] == "apriori" and stored["finetune_epochs"] == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["training"]["epochs_run"] == 2
+    check = config_from_dict(dict(tiny_config, train=dict(tiny_config["train"], mode="aposteriori")))
+    before, after = (_validation_loss(load_model(r / "model.pt"), check, tiny_dataset) for r in (run / APRIORI_DIR, run))
+    assert after <= before * (1 + 1e-6)
+    assert metrics["normalization"]["init_validation_loss"] == pytest.approx(before, rel=1e-4)
+
+
+def test_finetune_keeps_the_apriori_model_when_no_epoch_beats_it(tmp_path, tiny_config, tiny_dataset):
+    from closure.training.trainer import APRIORI_DIR
+
+    # a rate so large that every fine-tuning epoch is worse than the a-priori model (or blows up)
+    tiny_config["train"].update({"epochs": 1, "finetune_epochs": 1, "finetune_lr": 50.0, "grad_clip": None,
+                                 "unroll_steps": 5, "unroll_max_steps": 10, "unroll_batch": 2,
+                                 "windows_per_epoch": 4})
+    run = train(config_from_dict(tiny_config), tiny_dataset, tmp_path / "run", progress_enabled=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["training"]["best_epoch"] == 0
+    a, b = (load_model(r / "model.pt").state_dict() for r in (run / APRIORI_DIR, run))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -32,7 +32,11 @@ updates are those of a single process (see closure.data.streaming).
 
 The run directory, the optimizer and its schedules, checkpoints and the final
 files are those of `closure.training.runs`; ``train.mode: aposteriori`` trains
-through the solver instead (`closure.training.unroll`).
+through the solver instead (`closure.training.unroll`). With
+``train.finetune_epochs > 0`` the a-priori fit goes to ``run_dir/apriori`` and is
+then fine-tuned through the solver into ``run_dir`` (`finetune_config`): the
+a-priori model is the starting point and stays the result if no fine-tuning epoch
+lowers its unrolled validation loss.
 """
 
 from __future__ import annotations
@@ -65,7 +69,10 @@ from closure.training.runs import (CHECKPOINT, as_config, check_dataset, default
                                    trajectory_splits, write_history, write_run_start)
 from closure.training.unroll import train_aposteriori
 
-__all__ = ["train", "made_for_run", "check_dataset", "learning_rate_factor", "launch_local", "TrainingInterrupted"]
+__all__ = ["train", "made_for_run", "check_dataset", "learning_rate_factor", "launch_local", "TrainingInterrupted",
+           "finetune_config", "APRIORI_DIR"]
+
+APRIORI_DIR = "apriori"  # the a-priori stage's run directory inside a fine-tuned run
 
 VALIDATION_POINTS = 1 << 17  # points of the validation split used per epoch (every k-th snapshot)
 
@@ -194,6 +201,16 @@ def _stride_for(ds, trajectories, max_points: int) -> int:
 
 
 # --------------------------------------------------------------------------- main entry
+def finetune_config(config: Config) -> Config:
+    """The a-posteriori stage of a fine-tuned run: ``train.mode: aposteriori`` for
+    ``train.finetune_epochs`` epochs at ``train.finetune_lr`` (default ``train.lr``)."""
+    tc = config.train
+    return config.model_copy(update={"train": tc.model_copy(update={
+        "mode": "aposteriori", "epochs": tc.finetune_epochs, "lr": tc.finetune_lr or tc.lr, "finetune_epochs": 0,
+        "patience": None})})
+
+
+
 def train(config, data, run_dir: Union[str, os.PathLike, None] = None, *, resume: bool = False,
           init: Union[str, os.PathLike, None] = None, callback: Optional[Callable[[dict], None]] = None,
           block_snapshots: Optional[int] = None, mix: int = 4, progress_enabled: Optional[bool] = None,
@@ -217,6 +234,15 @@ def train(config, data, run_dir: Union[str, os.PathLike, None] = None, *, resume
         if resume:
             raise ClosureError("--resume is not supported with train.mode=aposteriori; re-run with --init")
         return train_aposteriori(config, data, run_dir, init=init, progress_enabled=progress_enabled)
+    if tc.finetune_epochs > 0:
+        first = config.model_copy(update={"train": tc.model_copy(update={"finetune_epochs": 0})})
+        apriori_dir = train(first, data, run_dir / APRIORI_DIR, resume=resume, init=init, callback=callback,
+                            block_snapshots=block_snapshots, mix=mix, progress_enabled=progress_enabled,
+                            apriori=False)
+        if _dist_env()[0] != 0:
+            return run_dir
+        return train_aposteriori(finetune_config(config), data, run_dir, init=apriori_dir,
+                                 progress_enabled=progress_enabled, record=config)
     ds = open_data(data)
     check_dataset(config, ds)
     data_source = str(ds.encoding.get("source", data if isinstance(data, (str, os.PathLike)) else "dataset"))

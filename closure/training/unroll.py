@@ -20,6 +20,7 @@ instead of every stage's intermediates.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -204,9 +205,14 @@ def curriculum(epoch: int, first: int, last: int, per_sample: int) -> int:
     return max(1, steps // per_sample)
 
 
-def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled=None) -> Path:
+def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled=None, record=None) -> Path:
     """Fine-tune (``init``) or train a closure through the LES solver; writes a run directory
-    in the a-priori layout (model.pt, config.yaml, splits.json, history.csv, metrics.json)."""
+    in the a-priori layout (model.pt, config.yaml, splits.json, history.csv, metrics.json).
+
+    With ``init`` the starting model's unrolled validation loss is the one to beat: if no
+    epoch lowers it, the starting weights are the result (``best_epoch`` 0). ``record``: the
+    config written to ``config.yaml`` (default ``config``; a fine-tuned run records the
+    config that asked for it)."""
     config = as_config(config)
     tc, dtype, device = config.train, resolve_dtype(config.dtype), resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
@@ -223,7 +229,7 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
     splits, splits_doc = trajectory_splits(config, ds, source)
     ids = [int(v) for v in ds["trajectory"].values]
     times = [float(v) for v in ds["time"].values]
-    write_run_start(run_dir, config, splits_doc)
+    write_run_start(run_dir, record if record is not None else config, splits_doc)
 
     seed_everything(config.training_seed)
     normalization = None
@@ -240,8 +246,16 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
     objective = UnrolledObjective(config, model, ds, name, ids, times, splits, per_sample, steps_per_epoch,
                                   dtype, device)
     state = new_state(dict(normalization or {}, mode="aposteriori", init=str(init) if init else None))
+    best_state = None
+    if init is not None:  # the starting model is the one to beat
+        model.eval()
+        start_loss = objective.validation_loss()
+        state["normalization"]["init_validation_loss"] = start_loss
+        if math.isfinite(start_loss):
+            state["best_loss"] = start_loss
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with progress(total=total, desc="train (a-posteriori)", unit="batch", enabled=progress_enabled) as bar:
-        best_state = fit(objective, model, optimizer, scheduler, tc, state, bar, total)
+        best_state = fit(objective, model, optimizer, scheduler, tc, state, bar, total, best_state)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -303,10 +317,17 @@ class UnrolledObjective:
     def postfix(self, summed: float, count: int, seconds: float) -> dict:
         return {"loss": summed / count, "K": self.samples * self.per_sample}
 
-    def validate(self, epoch: int, train_loss: float):
+    def _validation(self):
         per = torch.cat([self._losses([w], self.max_samples, False) for w in self.val_windows])
         ok = ~is_blowup(per)
-        val = float(per[ok].mean()) if ok.any() else float("inf")
+        return (float(per[ok].mean()) if ok.any() else float("inf")), ok
+
+    def validation_loss(self) -> float:
+        """The mean unrolled loss of the validation windows (inf if every window blows up)."""
+        return self._validation()[0]
+
+    def validate(self, epoch: int, train_loss: float):
+        val, ok = self._validation()
         self.skipped_total += self.skipped
         return val, {"unroll_steps": self.samples * self.per_sample, "skipped_windows": self.skipped,
                      "validation_blowups": int((~ok).sum())}
