@@ -360,6 +360,11 @@ class RunConfig(Section):
     # the plain-solver resolution ladder (closure/les/ladder.py): factors of les.resolution ([] = off)
     ladder: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 1.5, 2.0, 3.0])
     ladder_starts: list[Literal["dns", "filtered"]] = Field(default_factory=lambda: ["dns", "filtered"])
+    # the rungs' step rule (closure/les/ladder.py): null = run.dt x les.resolution / n (the LES's step at
+    # the same CFL number); a number C = per rung the largest step dividing the sample interval whose CFL
+    # number max(sum_d |u_d|) dt / dx on the rung's initial fields is at most C (docs/results.md: C chosen
+    # on validation trajectories as the largest value at which every rung keeps its accuracy)
+    ladder_cfl: Optional[PositiveFloat] = None
 
     @model_validator(mode="after")
     def _steps_in_range(self) -> "RunConfig":

@@ -93,3 +93,32 @@ def test_cli_les_plain(tiny_config, tiny_dataset, tmp_path, capsys):
     assert main(["les", str(cfg), "--model", "plain@25", "--data", str(tiny_dataset), "-o",
                  str(tmp_path / "q.nc")]) == 2
     assert "even integer" in capsys.readouterr().err
+
+
+def _max_speed(omega: np.ndarray, n: int) -> float:
+    """max over trajectories of max|u| + max|v| of the 2/3-truncated field (numpy, independent)."""
+    hat = np.fft.fft2(omega)
+    m = np.fft.fftfreq(n, 1.0 / n)
+    my, mx = np.meshgrid(m, m, indexing="ij")
+    keep = (np.abs(mx) <= n // 3) & (np.abs(my) <= n // 3)
+    k2 = np.where(mx ** 2 + my ** 2 == 0, 1.0, mx ** 2 + my ** 2)
+    psi = np.where(keep, hat / k2, 0.0)  # -lap psi = omega on the 2 pi box
+    u = np.real(np.fft.ifft2(1j * my * psi))
+    v = np.real(np.fft.ifft2(-1j * mx * psi))
+    return float(np.max(np.abs(u).max(axis=(-2, -1)) + np.abs(v).max(axis=(-2, -1))))
+
+
+@pytest.mark.parametrize("cfl", [0.3, 1.0])
+def test_ladder_cfl_gives_each_rung_its_largest_step_within_the_cfl_number(cfl, tiny_config, tiny_dataset, tmp_path):
+    tiny_config["run"]["ladder_cfl"] = cfl
+    config = config_from_dict(tiny_config)
+    out = run_plain(config, "plain@32", tiny_dataset, tmp_path / "p.nc", show_progress=False)
+    with xr.open_dataset(out) as run, xr.open_dataset(tiny_dataset) as ref:
+        ids = [int(i) for i in run["trajectory"].values]
+        speed = _max_speed(ref["omega_dns_t0"].sel(trajectory=ids).values.astype(np.float64), 32)
+        dt, dx, interval = float(run.attrs["dt"]), 2 * np.pi / 32, 0.1
+        k = round(interval / dt)
+        assert interval / k == pytest.approx(dt)
+        assert float(run.attrs["cfl"]) == pytest.approx(dt * speed / dx, rel=1e-3)
+        assert dt * speed / dx <= cfl * (1 + 1e-6)  # within the CFL number
+        assert k == 1 or interval / (k - 1) * speed / dx > cfl  # and the largest such step

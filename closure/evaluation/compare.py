@@ -315,6 +315,8 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
             "les_seconds_per_model_time": float(ds.attrs.get("les_seconds_per_model_time", float("nan"))),
             "dns_seconds_per_model_time": float(ds.attrs.get("dns_seconds_per_model_time", float("nan"))),
             "les_ms_per_step": float(ds.attrs.get("les_ms_per_step", float("nan"))),
+            "dt": _float_or_none(ds.attrs.get("dt")),
+            "cfl": _float_or_none(ds.attrs.get("cfl")),
             "timing": {"device": ds.attrs.get("device"), "torch_threads": _int_or_none(ds.attrs.get("torch_threads")),
                        "batch": _int_or_none(ds.attrs.get("batch", len(ids)))},
             "decorrelation_censored": m["decorrelation_censored"],
@@ -384,6 +386,14 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
         report.write_report(report_dir, results, extras, reference_info, edges, ref_ds.attrs, ndim, length)
     ref_ds.close()
     return _jsonable(results)
+
+
+def _float_or_none(v):
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _int_or_none(v):

@@ -227,9 +227,9 @@ def _starts(results: dict) -> list:
 
 def table(results: dict) -> str:
     """The Markdown table of the scalar metrics (models first, then the ladder rungs)."""
-    head = ("| run | s / model time | spectrum error (k <= n/3 / above) | PDF distance | decorrelation time | "
-            "blow-ups | similarity (spectrum / PDF / decorrelation) | cost vs DNS |\n"
-            "|---|---|---|---|---|---|---|---|\n")
+    head = ("| run | s / model time | step (CFL) | spectrum error (k <= n/3 / above) | PDF distance | "
+            "decorrelation time | blow-ups | similarity (spectrum / PDF / decorrelation) | cost vs DNS |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     ordered = list(_models(results)) + sorted(_ladder_rungs(results), key=lambda n: (
         results[n]["ladder"]["start"] != "dns", results[n]["ladder"]["resolution"]))
@@ -249,7 +249,8 @@ def table(results: dict) -> str:
             label = f"**{name}** (mean ± std of {len(r['members'])} seeds)"
         elif "seed_of" in r:
             label = f"&nbsp;&nbsp;{name} (seed {r.get('train_seed')})"
-        lines.append(f"| {label} | {_cell(r, 'les_seconds_per_model_time')} | {spec} | "
+        step = "-" if r.get("dt") is None else f"{r['dt']:.3g}" + ("" if r.get("cfl") is None else f" ({r['cfl']:.2g})")
+        lines.append(f"| {label} | {_cell(r, 'les_seconds_per_model_time')} | {step} | {spec} | "
                      f"{_cell(r, 'pdf_distance')} | {dec} | {r['blowups']} | {sims} | {_fmt(r.get('cost_ratio'))} |")
     return head + "\n".join(lines) + "\n"
 

@@ -82,7 +82,7 @@ log = logging.getLogger("closure.les.coupled")
 
 __all__ = ["run_les", "made_by", "test_trajectories", "les_config", "time_dns", "model_label", "LESResult",
            "integrate", "dns_cost", "warm_up", "write_atomic", "cpu_threads", "compile_closure",
-           "coarse_grain_snapshots"]
+           "coarse_grain_snapshots", "cfl_number"]
 
 
 _DNS_COST: dict = {}  # (DNS setup, batch, device, dtype) -> seconds per unit model time
@@ -501,7 +501,8 @@ def run_les(config: Config, model: Union[str, Path], data, output: Union[str, Pa
     })
     return write_run(out, output, result, label=label, ids=ids, dt=run.dt, data_config=data_config,
                      integrator=run.integrator, source=source, identity=identity, seconds_per_model_time=les_spmt,
-                     dns_cost=(dns_spmt, dns_source), device=device, n_threads=n_threads, extra_attrs=extra_attrs)
+                     dns_cost=(dns_spmt, dns_source), device=device, n_threads=n_threads, extra_attrs=extra_attrs,
+                     cfl=None if run.adaptive else cfl_number(equation, equation.grid.to_spectral(state), run.dt))
 
 
 def coarse_grain_snapshots(field: np.ndarray, grid, les_grid, filt, device, dtype) -> np.ndarray:
@@ -526,8 +527,15 @@ def coarse_grain_snapshots(field: np.ndarray, grid, les_grid, filt, device, dtyp
     return out
 
 
+def cfl_number(equation, state_hat: torch.Tensor, dt: float) -> float:
+    """The CFL number ``dt max_batch(sum_d max|u_d|) / dx`` of a step ``dt`` on a spectral state
+    (the number `solvers.CFL` bounds)."""
+    largest = CFL(cfl=1.0).largest_step(equation, state_hat)
+    return float(dt / largest) if largest > 0 and math.isfinite(largest) else float("nan")
+
+
 def write_run(out, output, result, *, label, ids, dt, data_config, integrator, source, identity,
-              seconds_per_model_time, dns_cost, device, n_threads, extra_attrs=None) -> Path:
+              seconds_per_model_time, dns_cost, device, n_threads, extra_attrs=None, cfl=None) -> Path:
     """Complete an LES or ladder output (blow-up times, provenance, cost like for like) and write it atomically.
 
     ``les_steps`` (time): the steps taken to reach each snapshot (``dt`` is "auto" for CFL steps).
@@ -547,6 +555,7 @@ def write_run(out, output, result, *, label, ids, dt, data_config, integrator, s
                for i in range(len(ids)) if np.isfinite(result.blowup_time[i])]
     out.attrs.update({
         "dt": "auto" if dt == "auto" else float(dt),
+        "cfl": float("nan") if cfl is None else float(cfl),
         "dns_dt": "auto" if data_config.dns.adaptive else float(data_config.dns.dt),
         "integrator": integrator,
         "reference": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),

@@ -19,9 +19,15 @@ Two initial states, answering two questions (``run.ladder_starts``):
   plain solver starts from exactly the information the LES starts from, so the
   trajectory metrics (decorrelation) compare like with like.
 
-The step is the LES step scaled by the CFL ratio, ``run.dt * n_les / n``, shortened
-to divide the sample interval (``run.dt: auto``: CFL steps at ``run.cfl`` on this
-grid). Cost is timed like the LES models
+The step of each rung follows one rule for all rungs: ``run.ladder_cfl: C`` gives
+each rung the largest step dividing the sample interval whose CFL number
+``max(sum_d |u_d|) dt / dx`` on the rung's initial fields is at most ``C``
+(`solvers.CFL`; the plain solvers are as accurate at a large step as at a small one
+up to some CFL number, and a fair baseline gets its largest accurate step); without
+it, the LES step scaled to the rung's grid, ``run.dt * n_les / n``, shortened to
+divide the sample interval; ``run.dt: auto``: CFL steps at ``run.cfl`` on this
+grid, adapted as the flow evolves. Every output records its step and CFL number
+(``dt``, ``cfl``; `closure.les.coupled.cfl_number`). Cost is timed like the LES models
 (`closure.les.coupled.integrate`: one untimed warm-up step, wall clock of the
 stepping only, the same device, batch and torch threads as the LES of the same
 dataset), in seconds per unit model time.
@@ -56,7 +62,7 @@ from closure.data import dataset as ds_io
 from closure.data.filters import prolong_hat, restrict_hat
 from closure.data.system import make_filter, plain_equation, trajectory_seeds
 from closure.errors import ClosureError
-from closure.les.coupled import (coarse_grain_snapshots, cpu_threads, dns_cost, integrate, les_config,
+from closure.les.coupled import (cfl_number, coarse_grain_snapshots, cpu_threads, dns_cost, integrate, les_config,
                                  test_trajectories, write_run)
 from solvers import CFL
 from solvers.spectral import SpectralGrid
@@ -64,7 +70,7 @@ from solvers.spectral import SpectralGrid
 log = logging.getLogger("closure.les.ladder")
 
 __all__ = ["PlainSpec", "STARTS", "is_plain", "parse_plain", "ladder_resolution", "ladder_models", "run_plain",
-           "fft_size"]
+           "fft_size", "rung_step"]
 
 STARTS = ("dns", "filtered")
 _SPEC = re.compile(r"^plain@(?P<size>\d+(?:\.\d+)?)(?P<x>x?)(?::(?P<start>[a-z]+))?$")
@@ -142,6 +148,14 @@ def ladder_models(config: Config, n_les: int) -> list[str]:
     return names
 
 
+def rung_step(cfg: Config, equation, initial_hat: torch.Tensor, n_les: int) -> float:
+    """The largest step a rung may take (before shortening to divide the sample interval):
+    ``run.ladder_cfl`` on the rung's initial fields, else ``run.dt * n_les / n``."""
+    if cfg.run.ladder_cfl is None:
+        return cfg.run.dt * n_les / equation.grid.n
+    return CFL(cfl=cfg.run.ladder_cfl).largest_step(equation, initial_hat)
+
+
 def _save_every(interval: float, dt_max: float) -> int:
     return max(1, int(math.ceil(interval / dt_max - 1e-9)))
 
@@ -189,11 +203,6 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
     saves = int(math.floor(cfg.run.time / interval + 1e-9))
     if saves < 1:
         raise ClosureError(f"run.time={cfg.run.time} is shorter than the dataset's sample interval {interval:g}")
-    if cfg.run.adaptive:  # CFL steps at this resolution, landing on the snapshots
-        dt, save_every = CFL(cfl=cfg.run.cfl, max_dt=interval), None
-    else:
-        save_every = _save_every(interval, cfg.run.dt * n_les / spec.resolution)
-        dt = interval / save_every
     t0 = float(times[0])
 
     test = test_trajectories(cfg, int(ds.sizes["trajectory"]))
@@ -204,7 +213,13 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
     grid = equation.grid
     les_grid = SpectralGrid(n_les, length, ndim, dtype, device)
     dns_grid = SpectralGrid(n_dns, length, ndim, dtype, device)
-    initial = grid.to_physical(_initial_hat(spec, ds, test, var, grid, les_grid, dns_grid, source, device, dtype))
+    initial_hat = _initial_hat(spec, ds, test, var, grid, les_grid, dns_grid, source, device, dtype)
+    initial = grid.to_physical(initial_hat)
+    if cfg.run.adaptive:  # CFL steps at this resolution, landing on the snapshots
+        dt, save_every = CFL(cfl=cfg.run.cfl, max_dt=interval), None
+    else:
+        save_every = _save_every(interval, rung_step(cfg, equation, initial_hat, n_les))
+        dt = interval / save_every
 
     steps = f"CFL steps (cfl {cfg.run.cfl:g})" if cfg.run.adaptive else f"{saves * save_every} steps of dt={dt:.4g}"
     log.info("les %s: plain solver %d^%d from the %s start, %d trajectories %s, %s on %s",
@@ -234,4 +249,5 @@ def run_plain(config: Config, model: str, data, output: Union[str, Path], show_p
                      data_config=data_config,
                      integrator=cfg.run.integrator, source=source, identity=ds_io.dataset_identity(ds),
                      seconds_per_model_time=spmt, dns_cost=(dns_spmt, dns_source), device=device,
-                     n_threads=n_threads, extra_attrs=extra_attrs)
+                     n_threads=n_threads, extra_attrs=extra_attrs,
+                     cfl=None if cfg.run.adaptive else cfl_number(equation, initial_hat, dt))
