@@ -66,6 +66,7 @@ import numpy as np
 import torch
 
 import solvers
+from solvers import CFL
 
 from closure.data import dataset as ds_io
 from closure.data.generation import generation_key
