@@ -34,6 +34,7 @@ from closure.data.dataset import dataset_config
 from closure.data.streaming import field_variable, plan_blocks
 from closure.data.system import les_equation, trajectory_seeds
 from closure.errors import ClosureError
+from closure.les.coupled import cpu_threads
 from closure.nn import build_model
 from closure.progress import log, progress
 from closure.training.loop import fit, new_state
@@ -247,15 +248,18 @@ def train_aposteriori(config, data, run_dir=None, *, init=None, progress_enabled
                                   dtype, device)
     state = new_state(dict(normalization or {}, mode="aposteriori", init=str(init) if init else None))
     best_state = None
-    if init is not None:  # the starting model is the one to beat
-        model.eval()
-        start_loss = objective.validation_loss()
-        state["normalization"]["init_validation_loss"] = start_loss
-        if math.isfinite(start_loss):
-            state["best_loss"] = start_loss
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    with progress(total=total, desc="train (a-posteriori)", unit="batch", enabled=progress_enabled) as bar:
-        best_state = fit(objective, model, optimizer, scheduler, tc, state, bar, total, best_state)
+    # the unrolls are LES steps: one torch thread on small CPU grids, as in the coupled LES (several
+    # threads on a busy machine slow the small FFTs down many times)
+    with cpu_threads(device, config.les.resolution):
+        if init is not None:  # the starting model is the one to beat
+            model.eval()
+            start_loss = objective.validation_loss()
+            state["normalization"]["init_validation_loss"] = start_loss
+            if math.isfinite(start_loss):
+                state["best_loss"] = start_loss
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        with progress(total=total, desc="train (a-posteriori)", unit="batch", enabled=progress_enabled) as bar:
+            best_state = fit(objective, model, optimizer, scheduler, tc, state, bar, total, best_state)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
