@@ -9,8 +9,8 @@ processes (N = 1: in this process; N > 1: this process and N - 1 workers of a fr
 local dask cluster, its start-up included), the runs interleaved over ``--rounds``
 rounds (best kept), into a temporary folder. The trajectories are split into parts
 as `closure.data.parallelism` does (``dns.batch_size`` long with ``dns.dt: auto``). Prints the wall times, the speed-up over one
-process, the CPU seconds of all processes (this one and its workers: the work and the
-workers' start-up) and the load average (on a shared machine the speed-up is bounded by
+process, the CPU seconds of this process and of its workers (their work and start-up;
+on free cores the wall time is about the larger of the two) and the load average (on a shared machine the speed-up is bounded by
 the cores left free by other jobs).
 """
 
@@ -40,7 +40,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     config = load_config(args.config, ["device=cpu"] + args.set)
     best = {n: float("inf") for n in args.workers}
-    cpu = {n: float("inf") for n in args.workers}
+    cpu = {n: (float("inf"), 0.0) for n in args.workers}
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -49,22 +49,24 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 generate(config, Path(tmp) / f"w{n}-r{r}.nc", workers=n, progress=False)
                 best[n] = min(best[n], time.perf_counter() - t0)
-                cpu[n] = min(cpu[n], _cpu_seconds() - c0)
+                c1 = _cpu_seconds()
+                cpu[n] = min(cpu[n], (c1[0] - c0[0], c1[1] - c0[1]))
                 loads.append(os.getloadavg()[0])
     d = config.dns
     print(f"# {args.config} {' '.join(args.set)}: {d.trajectories} trajectories, DNS {d.resolution}^"
           f"{config.system.ndim}, dt {d.dt}; {os.cpu_count()} cores; load average "
           f"{min(loads):.1f}-{max(loads):.1f} during the runs; best of {args.rounds} interleaved rounds")
-    print("| processes x threads | wall s | speed-up vs 1 | CPU s (all processes) |")
-    print("|---|---:|---:|---:|")
+    print("| processes x threads | wall s | speed-up vs 1 | CPU s: this process | CPU s: workers |")
+    print("|---|---:|---:|---:|---:|")
     for n in args.workers:
-        print(f"| {n} x 1 | {best[n]:.1f} | {best[args.workers[0]] / best[n]:.2f} | {cpu[n]:.1f} |")
+        print(f"| {n} x 1 | {best[n]:.1f} | {best[args.workers[0]] / best[n]:.2f} | {cpu[n][0]:.1f} | "
+              f"{cpu[n][1]:.1f} |")
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its finished child processes (the workers)."""
+def _cpu_seconds() -> tuple[float, float]:
+    """User + system CPU seconds of this process and of its finished child processes (the workers)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 if __name__ == "__main__":

@@ -147,20 +147,22 @@ def test_keep_dns_false_keeps_only_the_first_dns_state(tmp_path, tiny_config, ti
 
 
 def test_dask_local_cluster_matches_in_process(tmp_path, tiny_config, tiny_dataset, monkeypatch):
-    """Two processes (this one and a dask worker, 1 thread each, loopback) give bitwise the
-    in-process values. This process runs the first part and waits until the worker has
-    written the other, so both take part whatever the timing."""
+    """Two processes (this one and a dask worker forked from it, 1 thread each, loopback) give
+    bitwise the in-process values. This process runs the first part and waits until the
+    worker has written the other, so both take part whatever the timing."""
+    import os
     import time
 
     config = config_from_dict(tiny_config)
-    real, here = gen._write_part, []
+    real, here, parent = gen._write_part, [], os.getpid()
     parts = tmp_path / "dask.nc.parts"
 
     def first_here(config, ids, path, **kw):
-        here.append(Path(path).name)
-        deadline = time.monotonic() + 120
-        while len(list(parts.glob("part-*.nc"))) < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        if os.getpid() == parent:   # (the forked worker inherits this patch: it only writes)
+            here.append(Path(path).name)
+            deadline = time.monotonic() + 120
+            while len(list(parts.glob("part-*.nc"))) < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
         return real(config, ids, path, **kw)
 
     monkeypatch.setattr(gen, "_write_part", first_here)
