@@ -379,8 +379,8 @@ def _serve_parts(config: Config, queue: _PartQueue, client, layout, done: Callab
         feed()
     try:
         while pending and not queue.stopped.is_set():
-            try:  # a short wait: a failure in this process stops the workers promptly
-                finished = wait(list(pending), timeout=0.5, return_when="FIRST_COMPLETED").done
+            try:  # a bounded wait: a failure in this process stops the workers within seconds
+                finished = wait(list(pending), timeout=2.0, return_when="FIRST_COMPLETED").done
             except TimeoutError:
                 continue
             for fut in finished:
