@@ -20,7 +20,8 @@ removed. Re-running after an interruption skips the finished parts (resume).
 trajectories per part for the machine (one single-threaded process per core on
 the CPU, one per GPU; small jobs in this process), logs the choice, and
 ``workers=N`` / ``threads=T`` override it (``workers=1``: the batches run one
-after the other in this process; N > 1: a `LocalCluster` of N processes).
+after the other in this process; N > 1 on the CPU: this process and a `LocalCluster`
+of N - 1 workers forked from it take the batches from one queue).
 """
 
 from __future__ import annotations
