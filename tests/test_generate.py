@@ -148,8 +148,8 @@ def test_keep_dns_false_keeps_only_the_first_dns_state(tmp_path, tiny_config, ti
 
 def test_dask_local_cluster_matches_in_process(tmp_path, tiny_config, tiny_dataset, monkeypatch):
     """Two processes (this one and a dask worker forked from it, 1 thread each, loopback) give
-    bitwise the in-process values. This process runs the first part and waits until the
-    worker has written the other, so both take part whatever the timing."""
+    bitwise the in-process values. This process runs the part it takes first and waits until
+    the worker has written the other, so both take part whatever the timing."""
     import os
     import time
 
@@ -167,7 +167,7 @@ def test_dask_local_cluster_matches_in_process(tmp_path, tiny_config, tiny_datas
 
     monkeypatch.setattr(gen, "_write_part", first_here)
     path = gen.generate(config, tmp_path / "dask.nc", workers=2, progress=False)
-    assert here == ["part-000000-000002.nc"]         # the other part ran on the worker
+    assert len(here) == 1 and here[0] in {"part-000000-000002.nc", "part-000003-000005.nc"}   # the other: worker
     _assert_same_values(_load(tiny_dataset), _load(path))
 
 
