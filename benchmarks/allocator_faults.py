@@ -70,8 +70,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.child:
         return child(args)
-    print(f"# {args.config} {' '.join(args.set)}: trajectories 0-7 in one part, in the "
-          f"{'main' if args.main_thread else 'a worker'} thread of a fresh process; load average "
+    print(f"# {args.config} {' '.join(args.set)}: trajectories 0-7 in one part, in "
+          f"{'the main' if args.main_thread else 'a worker'} thread of a fresh process; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for name, (environ, keep) in SETTINGS.items():
         env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
