@@ -424,3 +424,16 @@ def test_gamma_study_trains_with_its_one_optimizer(tiny_config, tiny_dataset, tm
     both = _sweep_config(tiny_config, optimizers=["sgd", "adam"])
     with pytest.raises(ClosureError, match="one optimizer"):
         sweep(both, tiny_dataset, tmp_path / "x", workers=0, progress=False)
+
+
+def test_aposteriori_sweep_refuses_a_correction_dataset(tiny_config, tmp_path):
+    from closure.data.generation import generate
+    from closure.errors import ClosureError
+
+    raw = dict(tiny_config)
+    raw["les"] = dict(raw["les"], formulation="correction")
+    raw["dns"] = dict(raw["dns"], trajectories=3)
+    data = generate(config_from_dict(raw, "tiny correction"), tmp_path / "c.nc", progress=False)
+    config = _sweep_config(raw, vary=["outer"], gammas=[1.0], widths=[8], seeds=2, aposteriori=True)
+    with pytest.raises(ClosureError, match="les.formulation 'filtered'"):
+        sweep(config, data, tmp_path / "s", workers=0, progress=False)

@@ -74,6 +74,7 @@ a re-run skips every run whose file exists and matches the current settings
     SWEEP_DIR/sweep.json    what this invocation ran and skipped
     SWEEP_DIR/ladder/       with ``sweep.aposteriori`` and ``run.ladder``: the plain solver's LES files
                             (``closure.study.ladder``), scored like the networks' coupled LES
+                            (``sweep.aposteriori`` needs a dataset of ``les.formulation: filtered``)
 
 Metrics (test split, ``sweep.test_points`` fixed points): ``relative_l2``
 (``||c - s|| / ||s||`` in physical units), ``mse`` (normalized units, i.e.
@@ -167,7 +168,7 @@ class _Study:
     """One invocation's bookkeeping: the dataset's sizes, the result cache and the executor."""
 
     def __init__(self, config: Config, data, out_dir, scheduler, workers, progress):
-        from closure.data.dataset import open_dataset, split_trajectories
+        from closure.data.dataset import dataset_config, open_dataset, split_trajectories
 
         self.config, self.scheduler, self.workers, self.progress = config, scheduler, workers, progress
         self.data = Path(data).resolve()
@@ -175,11 +176,16 @@ class _Study:
         ds = open_dataset(self.data)
         try:
             created = str(ds.attrs.get("created", ""))
+            formulation = dataset_config(ds).les.formulation
             space = int(np.prod([ds.sizes[d] for d in ds["sgs"].dims[2:]]))
             n_traj = int(ds.sizes["trajectory"])
             n_time = int(ds.sizes["time"])
         finally:
             ds.close()
+        if config.sweep.aposteriori and formulation != "filtered":
+            # the study's coupled LES starts from and is scored against the stored filtered field
+            raise ClosureError(f"{data}: sweep.aposteriori needs a dataset of les.formulation 'filtered' "
+                               f"(this one is {formulation!r}); generate it with --set les.formulation=filtered")
         self.splits = split_trajectories(n_traj, config.data.validation_fraction, config.data.test_fraction,
                                          config.seed)
         self.n_train_points = len(self.splits["train"]) * n_time * space
