@@ -327,7 +327,8 @@ def _nonfinite_members(w_hat: torch.Tensor, ndim: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- CUDA graphs
 # Small grids on a GPU are launch-bound (a step is ~60 kernels of a few microseconds):
 # `simulate` then replays one captured CUDA graph per step, which removes the launch
-# overhead. Used only on CUDA, when autograd does not record, for our own equations
+# overhead. Used only on CUDA, when autograd does not record (with a closure: only under
+# no_grad, so that a closure's parameters never lose their gradients), for our own equations
 # (``_owns_nonlinear``) with a steady forcing or none, at least _GRAPH_MIN_STEPS steps
 # and at most _GRAPH_MAX_NUMEL state entries, and with no closure or a closure that
 # declares ``cuda_graph_safe = True`` (a pure tensor function of the state, no host
@@ -374,7 +375,7 @@ def _cuda_graph_runner(equation, stepper, w_hat: torch.Tensor, closure, steps: i
     if (w_hat.device.type != "cuda" or steps < _GRAPH_MIN_STEPS
             or (closure is not None and not getattr(closure, "cuda_graph_safe", False))
             or w_hat.numel() > _GRAPH_MAX_NUMEL or os.environ.get("SOLVERS_CUDA_GRAPHS", "1") == "0"
-            or (torch.is_grad_enabled() and w_hat.requires_grad)
+            or (torch.is_grad_enabled() and (w_hat.requires_grad or closure is not None))
             or not getattr(equation, "_owns_nonlinear", False)
             or (equation.forcing is not None and not getattr(equation.forcing, "steady", True))):
         return None
