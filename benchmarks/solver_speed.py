@@ -705,7 +705,7 @@ HOW_IT_IS_FAST = """What the solver does to be fast (solvers/navier_stokes.py, b
 - The per-step non-finite check is one flat reduction per batch member (no host sync on GPUs
   except every 50 steps).
 - On CUDA, `simulate` replays one captured CUDA graph per step for small states (no autograd,
-  no closure, steady forcing); SOLVERS_CUDA_GRAPHS=0 turns it off.
+  steady forcing; a learned closure is captured with the step under no_grad); SOLVERS_CUDA_GRAPHS=0 turns it off.
 - Threads: `torch.set_num_threads` matters on small, shared machines; oversubscribed cores
   make torch's intra-op threads very slow (use --threads 1 under load)."""
 
