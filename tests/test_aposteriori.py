@@ -61,7 +61,7 @@ def test_history_records_unroll_length_and_skipped_windows(tmp_path, tiny_config
                                  "unroll_steps": 5, "unroll_max_steps": 10, "unroll_batch": 2,
                                  "windows_per_epoch": 2})
     run = train_aposteriori(config_from_dict(tiny_config), tiny_dataset, tmp_path / "post", progress_enabled=False)
-    rows = list(csv.DictReader((run / "history.csv").open()))
+    rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
     assert [int(r["unroll_steps"]) for r in rows] == [5, 10]
     assert all(int(r["skipped_windows"]) == 0 for r in rows)
 

@@ -122,6 +122,7 @@ def test_second_writer_fails_fast_naming_the_holder(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     with storage.output_lock(out):  # a killed holder leaves no lock behind
         with storage.output_lock(out):  # reentrant within a process
             pass
@@ -153,6 +154,7 @@ def test_sigterm_is_one_line_and_status_143(tmp_path, tiny_config):
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     err = proc.stderr.read()
+    proc.stderr.close()
     assert proc.wait(timeout=60) == 143, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines == ["closure: terminated (SIGTERM)"], err
