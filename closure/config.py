@@ -68,36 +68,35 @@ class NoForcing(Section):
         return None
 
 
-class KolmogorovForcing(Section):
+class _SingleWavenumberForcing(Section):
+    """A steady forcing at one wavenumber ``k`` of amplitude ``A`` (the solver's class is ``solver``)."""
+
+    type: str
+    per_trajectory: ClassVar[bool] = False
+    solver: ClassVar[type] = solvers.Forcing
+    wavenumber: PositiveInt = 4
+    amplitude: float = 1.0
+
+    def check_resolution(self, n: int) -> None:
+        if self.wavenumber >= n // 2:
+            raise ValueError(f"system.forcing.wavenumber={self.wavenumber} is not resolved by les.resolution={n}")
+
+    def build(self, seeds: Optional[Sequence[int]] = None) -> solvers.Forcing:
+        return self.solver(wavenumber=self.wavenumber, amplitude=self.amplitude)
+
+
+class KolmogorovForcing(_SingleWavenumberForcing):
     """Velocity forcing (A sin(k y), 0): vorticity forcing -A k cos(k y) (Kochkov et al. 2021)."""
 
     type: Literal["kolmogorov"] = "kolmogorov"
-    per_trajectory: ClassVar[bool] = False
-    wavenumber: PositiveInt = 4
-    amplitude: float = 1.0
-
-    def check_resolution(self, n: int) -> None:
-        if self.wavenumber >= n // 2:
-            raise ValueError(f"system.forcing.wavenumber={self.wavenumber} is not resolved by les.resolution={n}")
-
-    def build(self, seeds: Optional[Sequence[int]] = None) -> solvers.Kolmogorov:
-        return solvers.Kolmogorov(wavenumber=self.wavenumber, amplitude=self.amplitude)
+    solver: ClassVar[type] = solvers.Kolmogorov
 
 
-class GuanForcing(Section):
+class GuanForcing(_SingleWavenumberForcing):
     """Vorticity forcing -A k_f (cos k_f x + cos k_f y) (Guan et al. 2022, py2d)."""
 
     type: Literal["guan"] = "guan"
-    per_trajectory: ClassVar[bool] = False
-    wavenumber: PositiveInt = 4
-    amplitude: float = 1.0
-
-    def check_resolution(self, n: int) -> None:
-        if self.wavenumber >= n // 2:
-            raise ValueError(f"system.forcing.wavenumber={self.wavenumber} is not resolved by les.resolution={n}")
-
-    def build(self, seeds: Optional[Sequence[int]] = None) -> solvers.Guan:
-        return solvers.Guan(wavenumber=self.wavenumber, amplitude=self.amplitude)
+    solver: ClassVar[type] = solvers.Guan
 
 
 class StochasticBurgersForcing(Section):
