@@ -204,5 +204,7 @@ def dask_client(scheduler: Optional[str], workers: Optional[int], fork: bool = F
         settings["distributed.worker.multiprocessing-method"] = "fork"
     with dask.config.set(settings):
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None, host="127.0.0.1", memory_limit=0)
+                               dashboard_address=None, host="127.0.0.1", memory_limit=0,
+                               scheduler_kwargs={"dashboard_address": ":0"})  # no dashboard; its health
+    # routes on a free port (the default 8787 is taken when two clusters run at once)
     return Client(cluster), cluster
