@@ -16,7 +16,7 @@ from closure.config import config_from_dict
 from closure.study.data import StudyData, gather_patches
 from closure.study.grid import Run, gamma_pairs, steps_for
 from closure.study.normalization import sweep
-from closure.study.results import fit_power_law
+from closure.study.results import fit_power_law, quarter_mean_drop
 from closure.study.run import build_network
 
 
@@ -299,6 +299,8 @@ def test_transfer_study_runs_on_dask_and_resumes(tiny_config, tiny_dataset, tmp_
         curve = ds["best_curve_validation_mse"].values[0, 0, 0, 0]  # checkpoints after 0, 2, 4, 6 steps
         assert list(ds["curve_steps"].values[0, 0, 0]) == [0, 2, 4, 6]
         assert float(ds["best_curve_drop"].values[0, 0, 0, 0]) == pytest.approx((curve[2] - curve[3]) / curve[2])
+        # quarters of 6 steps: (3, 4.5] holds step 4, (4.5, 6] step 6
+        assert float(ds["best_curve_drop_mean"].values[0, 0, 0, 0]) == pytest.approx((curve[2] - curve[3]) / curve[2])
     finally:
         ds.close()
     for name in ("transfer_rate.png", "transfer_error.png", "transfer_curves.png", "transfer_landscape.png"):
@@ -437,3 +439,15 @@ def test_aposteriori_sweep_refuses_a_correction_dataset(tiny_config, tmp_path):
     config = _sweep_config(raw, vary=["outer"], gammas=[1.0], widths=[8], seeds=2, aposteriori=True)
     with pytest.raises(ClosureError, match="les.formulation 'filtered'"):
         sweep(config, data, tmp_path / "s", workers=0, progress=False)
+
+
+def test_quarter_mean_drop_averages_each_quarter():
+    steps = np.arange(0, 17) * 10  # checkpoints 0, 10, ..., 160: quarters (80, 120] and (120, 160]
+    curve = 1.0 + 0.1 * np.arange(17.0)[::-1]
+    curve[13] += 5.0  # one noisy checkpoint in the last quarter moves the average by 5 / 4
+    m3, m4 = curve[9:13].mean(), curve[13:17].mean()
+    assert quarter_mean_drop(curve[None], steps)[0] == pytest.approx((m3 - m4) / m3)
+    flat = np.ones(17)
+    assert quarter_mean_drop(flat[None], steps)[0] == 0.0
+    short = np.array([0, 10, -1, -1])  # one checkpoint: no quarters
+    assert np.isnan(quarter_mean_drop(np.ones((1, 4)), short)[0])

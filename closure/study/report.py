@@ -425,6 +425,15 @@ def transfer_markdown(ds, figures: Iterable[Path] = ()) -> str:
                     d = ds["best_curve_drop"].sel(parametrization=name, optimizer=opt)
                     lines.append(f"| {name} | " + " | ".join(_num(100 * d.sel(width=w).mean("seed"), "+.1f")
                                                             for w in widths) + " |")
+            if "best_curve_drop_mean" in ds:
+                lines += ["", "Convergence, averaged: fall of the validation MSE at the best rate from the third to "
+                          "the last quarter of training, each quarter's checkpoints averaged, % (mean over seeds)", ""]
+                lines += ["| parametrization | " + " | ".join(f"N={w}" for w in widths) + " |",
+                          "| --- |" + " --- |" * len(widths)]
+                for name in names:
+                    d = ds["best_curve_drop_mean"].sel(parametrization=name, optimizer=opt)
+                    lines.append(f"| {name} | " + " | ".join(_num(100 * d.sel(width=w).mean("seed"), "+.1f")
+                                                            for w in widths) + " |")
             lines += ["", "Validation MSE vs base rate (mean over seeds; `div` = a seed diverged)", ""]
             for name in names:
                 for w in widths:

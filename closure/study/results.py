@@ -241,6 +241,28 @@ def last_quarter_drop(curve: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return out
 
 
+def quarter_mean_drop(curve: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Relative fall of a validation curve between the third and the last quarter of training, each averaged
+    over its checkpoints: ``(m3 - m4) / m3``, ``m3`` = mean of v over steps in (T/2, 3T/4], ``m4`` over
+    (3T/4, T] (arguments as ``last_quarter_drop``). Less noisy than ``last_quarter_drop`` when a
+    constant-rate SGD curve fluctuates between checkpoints; NaN with fewer than one checkpoint per quarter."""
+    steps = np.broadcast_to(np.asarray(steps), curve.shape)
+    out = np.full(curve.shape[:-1], np.nan)
+    for idx in np.ndindex(*curve.shape[:-1]):
+        st = steps[idx]
+        ok = st >= 0
+        if not ok.any():
+            continue
+        total = st[ok].max()
+        third = ok & (st > 0.5 * total) & (st <= 0.75 * total)
+        last = ok & (st > 0.75 * total)
+        if not third.any() or not last.any():
+            continue
+        m3, m4 = float(np.mean(curve[idx][third])), float(np.mean(curve[idx][last]))
+        out[idx] = (m3 - m4) / m3 if np.isfinite(m3) and np.isfinite(m4) and m3 > 0 else np.nan
+    return out
+
+
 def collect_transfer(config: Config, search, data: Optional[Path] = None):
     """The rate-transfer study as an xarray Dataset.
 
@@ -337,6 +359,10 @@ def collect_transfer(config: Config, search, data: Optional[Path] = None):
             "best_curve_drop": (dims + ("seed",), last_quarter_drop(curve_best, curve_steps[..., None, :]),
                                 {"long_name": "relative fall of the validation MSE at the best rate over the last "
                                               "quarter of training (0: flattened)"}),
+            "best_curve_drop_mean": (dims + ("seed",), quarter_mean_drop(curve_best, curve_steps[..., None, :]),
+                                     {"long_name": "relative fall of the validation MSE at the best rate from the "
+                                                   "third to the last quarter of training, each averaged over its "
+                                                   "checkpoints (0: flattened)"}),
             "best_lr_slope": (dims[:2], transfer_slope, {"long_name": "d log best_lr / d log width (0: transfers)"}),
             "best_lr_slope_stderr": (dims[:2], transfer_err, {"long_name": "standard error of best_lr_slope"}),
         })
