@@ -124,3 +124,36 @@ def test_finetune_keeps_the_apriori_model_when_no_epoch_beats_it(tmp_path, tiny_
     assert metrics["training"]["best_epoch"] == 0
     a, b = (load_model(r / "model.pt").state_dict() for r in (run / APRIORI_DIR, run))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetune_honours_the_closure_held_over_the_step(tmp_path, tiny_config, tiny_dataset, monkeypatch):
+    """run.closure_per_stage: false trains as it runs: every unroll of the fine-tuning (training windows,
+    validation windows, the gradient checkpoints' recomputation) calls the network once per step,
+    a quarter of the per-stage (ETDRK4) calls."""
+    import closure.training.unroll as unroll
+
+    tiny_config["train"].update({"epochs": 1})
+    apriori = train(config_from_dict(tiny_config), tiny_dataset, tmp_path / "apriori", progress_enabled=False,
+                    apriori=False)
+    tiny_config["train"].update({"mode": "aposteriori", "epochs": 1, "unroll_steps": 5, "unroll_max_steps": 5,
+                                 "unroll_batch": 2, "windows_per_epoch": 2})
+    load, finish = unroll.load_init, unroll.finish
+    calls = {}
+    for per_stage in (True, False):
+        count = [0]
+
+        def counted(*args, **kwargs):
+            model = load(*args, **kwargs)
+            model.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+            return model
+
+        def finished(*args, per_stage=per_stage, **kwargs):  # the calls of the unrolls, before the a-priori metrics
+            calls[per_stage] = count[0]
+            return finish(*args, **kwargs)
+
+        monkeypatch.setattr(unroll, "load_init", counted)
+        monkeypatch.setattr(unroll, "finish", finished)
+        tiny_config["run"]["closure_per_stage"] = per_stage
+        train_aposteriori(config_from_dict(tiny_config), tiny_dataset, tmp_path / f"post{per_stage}",
+                          init=apriori, progress_enabled=False)
+    assert calls[False] > 0 and calls[True] == 4 * calls[False], calls
