@@ -200,6 +200,42 @@ def test_cnn_folded_inference_equals_the_network(ndim, shape, activation):
     assert all(a is b for a, b in zip(folded, model.folded().tensors()))   # what a CUDA graph captured
 
 
+@pytest.mark.parametrize("ndim,shape,stencil", [(1, (3, 20), 3), (2, (3, 12, 12), 3), (2, (2, 12, 10), 5),
+                                                (1, (2, 2), 7), (2, (2, 3, 4), 7)])  # the last two: patch > grid
+@pytest.mark.parametrize("activation", ["tanh", "gelu"])
+def test_stencil_folded_inference_equals_the_network(ndim, shape, stencil, activation):
+    """Without autograd the stencil MLP runs its folded form (normalization, layer multipliers,
+    output scaling and tanh's affine part in the weights; the first layer as a periodic
+    convolution): the same values to roundoff, rebuilt (in place) after updates."""
+    torch.manual_seed(0)
+    model = StencilClosure(ndim, stencil=stencil, hidden=[4, 6], gammas=[0.5, 1.0], activation=activation,
+                           features=["gradient"]).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        model.input_mean.normal_()
+        model.input_std.uniform_(0.5, 2.0)
+        model.output_mean.fill_(0.3)
+        model.output_std.fill_(2.0)
+        model.net.bC.fill_(0.2)
+
+    def compare():
+        reference = model(x).detach()          # grad mode: the network itself
+        with torch.no_grad():
+            fast = model(x)
+        assert fast.shape == reference.shape == x.shape
+        assert (fast - reference).abs().max() <= 1e-13 * reference.abs().max()
+        return fast
+
+    before = compare()
+    folded = model.folded().tensors()
+    with torch.no_grad():                       # an optimizer-like in-place update: refolded in place
+        model.net.weights[0].mul_(1.5)
+        model.input_std.mul_(0.5)
+    after = compare()
+    assert not torch.allclose(before, after)
+    assert all(a is b for a, b in zip(folded, model.folded().tensors()))   # what a CUDA graph captured
+
+
 def test_gradient_features_are_the_exact_derivatives():
     """channels [f, f_x, f_y] of f = sin(2x + 3y) on [0, L)^2 (state indexed [y, x])."""
     from closure.nn.features import feature_channels

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from closure.nn.features import FieldClosure, check_ndim
+from closure.nn.features import FieldClosure, FoldedNet, check_ndim
 from closure.nn.meanfield import (
     OUTPUT_INITS,
     ArchitectureError,
@@ -162,7 +162,7 @@ class MeanFieldCNN(MeanFieldNet):
 NATIVE_CONV_MAX_CHANNELS = 64
 
 
-class FoldedCNN:
+class FoldedCNN(FoldedNet):
     """The inference form of a `ConvClosure`: raw input channels -> physical SGS tendency.
 
     With the stored input statistics (mu, sd), layer multipliers a_l, output scale c and
@@ -203,20 +203,6 @@ class FoldedCNN:
         self.ndim = net.ndim
         self.activation = torch.sigmoid_ if tanh or net.activation == "sigmoid" else net.sigma
         self.native = max(w.shape[0] * w.shape[1] for w, _ in self.layers) <= NATIVE_CONV_MAX_CHANNELS
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [t for layer in (*self.layers, self.readout) for t in layer]
-
-    def update(self, other: "FoldedCNN") -> bool:
-        """Copy ``other``'s values into these tensors (in place) if they match in shape, dtype
-        and device; returns whether it did."""
-        mine, theirs = self.tensors(), other.tensors()
-        if len(mine) != len(theirs) or any((a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device)
-                                           for a, b in zip(mine, theirs)):
-            return False
-        for a, b in zip(mine, theirs):
-            a.copy_(b)
-        return True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Raw channels (batch, C, *grid) -> the tendency (batch, out_channels, *grid)."""
@@ -269,20 +255,8 @@ class ConvClosure(FieldClosure):
         y = self.folded()(self.channels(state))
         return y if self.ndim == 3 else y.squeeze(1)
 
-    def folded(self) -> FoldedCNN:
-        """The current `FoldedCNN` (cached; rebuilt after any in-place update, load or move,
-        as the tensors' version counters and storages tell: a write through ``.data`` bypasses
-        the version counter and is not seen)."""
-        if "_folded_modules" not in self.__dict__:  # the structure is fixed; the tensors may be replaced
-            self._folded_modules = list(self.modules())
-        key = tuple((t.data_ptr(), t._version, t.dtype) for m in self._folded_modules
-                    for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
-        if self.__dict__.get("_folded_key") != key:
-            folded, old = FoldedCNN(self), self.__dict__.get("_folded")
-            if old is not None and old.update(folded):
-                folded = old  # same tensors, new values: a CUDA graph that captured them stays valid
-            self._folded, self._folded_key = folded, key
-        return self._folded
+    def fold(self) -> FoldedCNN:
+        return FoldedCNN(self)
 
     def architecture(self) -> dict:
         net = self.net.architecture()["kwargs"]

@@ -216,6 +216,29 @@ def feature_channels(state: torch.Tensor, ndim: int, features: Sequence[str], le
     return torch.stack([state] + derived, dim=1)
 
 
+class FoldedNet:
+    """Base of a closure's inference form: ``layers`` [(weight, bias), ...] and ``readout``
+    (weight, bias), the input normalization, layer multipliers and output scaling folded in
+    (`closure.nn.cnn.FoldedCNN`, `closure.nn.stencil.FoldedMLP`)."""
+
+    layers: list
+    readout: tuple
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for layer in (*self.layers, self.readout) for t in layer]
+
+    def update(self, other: "FoldedNet") -> bool:
+        """Copy ``other``'s values into these tensors (in place) if they match in shape, dtype
+        and device; returns whether it did."""
+        mine, theirs = self.tensors(), other.tensors()
+        if len(mine) != len(theirs) or any((a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device)
+                                           for a, b in zip(mine, theirs)):
+            return False
+        for a, b in zip(mine, theirs):
+            a.copy_(b)
+        return True
+
+
 class FieldClosure(nn.Module):
     """Base of the closure models: features, stored normalization, shape checks.
 
@@ -302,6 +325,25 @@ class FieldClosure(nn.Module):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def fold(self) -> "FoldedNet":  # pragma: no cover - abstract
+        """The inference form of this closure (a `FoldedNet` built from the current tensors)."""
+        raise NotImplementedError
+
+    def folded(self) -> "FoldedNet":
+        """The current inference form (`fold`; cached, rebuilt after any in-place update, load or
+        move, as the tensors' version counters and storages tell: a write through ``.data``
+        bypasses the version counter and is not seen)."""
+        if "_folded_modules" not in self.__dict__:  # the structure is fixed; the tensors may be replaced
+            self._folded_modules = list(self.modules())
+        key = tuple((t.data_ptr(), t._version, t.dtype) for m in self._folded_modules
+                    for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
+        if self.__dict__.get("_folded_key") != key:
+            folded, old = self.fold(), self.__dict__.get("_folded")
+            if old is not None and old.update(folded):
+                folded = old  # same tensors, new values: a CUDA graph that captured them stays valid
+            self._folded, self._folded_key = folded, key
+        return self._folded
 
     def normalized_target(self, sgs: torch.Tensor) -> torch.Tensor:
         """The SGS term in the network's output units: (sgs - output_mean) / output_std."""
