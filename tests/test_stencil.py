@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import closure
+import closure.nn.stencil as stencil_module
 from closure.nn import (
     ConvClosure,
     GroupAveraged,
@@ -203,7 +204,7 @@ def test_cnn_folded_inference_equals_the_network(ndim, shape, activation):
 @pytest.mark.parametrize("ndim,shape,stencil", [(1, (3, 20), 3), (2, (3, 12, 12), 3), (2, (2, 12, 10), 5),
                                                 (1, (2, 2), 7), (2, (2, 3, 4), 7)])  # the last two: patch > grid
 @pytest.mark.parametrize("activation", ["tanh", "gelu"])
-def test_stencil_folded_inference_equals_the_network(ndim, shape, stencil, activation):
+def test_stencil_folded_inference_equals_the_network(ndim, shape, stencil, activation, monkeypatch):
     """Without autograd the stencil MLP runs its folded form (normalization, layer multipliers,
     output scaling and tanh's affine part in the weights; the first layer as a periodic
     convolution): the same values to roundoff, rebuilt (in place) after updates."""
@@ -227,6 +228,9 @@ def test_stencil_folded_inference_equals_the_network(ndim, shape, stencil, activ
         return fast
 
     before = compare()
+    monkeypatch.setattr(stencil_module, "FOLDED_CHUNK_POINTS", 1)   # the batch in parts of one field
+    compare()
+    monkeypatch.undo()
     folded = model.folded().tensors()
     with torch.no_grad():                       # an optimizer-like in-place update: refolded in place
         model.net.weights[0].mul_(1.5)
