@@ -5,7 +5,7 @@
     closure calibrate CONFIG --data DATASET.nc --model smagorinsky|leith|dynamic_smagorinsky [-o RUN_DIR] [--overwrite] [--set ...]
     closure les      CONFIG --model MODEL --data DATASET.nc -o LES.nc [--overwrite] [--set ...]
                      (MODEL: a run directory, a baseline, or the plain solver plain@N / plain@Fx[:filtered])
-    closure evaluate --reference DATASET.nc LES.nc [LES.nc ...] -o REPORT_DIR
+    closure evaluate --reference DATASET.nc LES.nc [LES.nc ...] -o REPORT_DIR [--cost-tolerance T]
     closure pipeline CONFIG [-o OUT_DIR] [--overwrite] [--set ...]
     closure sweep    CONFIG --data DATASET.nc -o SWEEP_DIR [--scheduler ADDR | --workers N] [--set ...]
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -168,13 +169,18 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from closure.config import COST_TOLERANCE
+
+    tolerance = COST_TOLERANCE if args.cost_tolerance is None else args.cost_tolerance
+    if not (tolerance >= 0 and math.isfinite(tolerance)):
+        raise ClosureError(f"--cost-tolerance {args.cost_tolerance}: must be a finite number >= 0")
     reference = _require_file(args.reference, "reference dataset file")
     runs = [_require_file(r, "LES file") for r in args.runs]
     _refuse_inputs(args.output, reference, *runs)
     from closure.evaluation.compare import evaluate
 
     with _lock(args.output):
-        result = evaluate(reference, runs, Path(args.output))
+        result = evaluate(reference, runs, Path(args.output), cost_tolerance=tolerance)
     if isinstance(result, dict):
         print(_metrics_table(result))
         _print_verdicts(result)
@@ -316,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, metavar="DATASET.nc")
     p.add_argument("runs", nargs="+", metavar="LES.nc")
     p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR")
+    p.add_argument("--cost-tolerance", type=float, default=None, metavar="T",
+                   help="relative cost difference within which two runs are a cost tie in the front verdicts "
+                        "(default 0.2; 0 = the plain Pareto verdict)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("pipeline", help="generate -> train -> les -> evaluate")

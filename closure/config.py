@@ -36,6 +36,8 @@ MAX_COUNT = 2 ** 31 - 1  # counts, sizes and steps (fit a 32-bit index)
 MAX_RESOLUTION = 32768
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+# the default relative cost tolerance of the front verdicts (RunConfig.cost_tolerance)
+COST_TOLERANCE = 0.2
 PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
 Resolution = Annotated[int, Field(gt=0, le=MAX_RESOLUTION)]
 Seed = Annotated[int, Field(ge=0, lt=2 ** 63)]
@@ -364,6 +366,10 @@ class RunConfig(Section):
     # number max(sum_d |u_d|) dt / dx on the rung's initial fields is at most C (docs/results.md: C chosen
     # on validation trajectories as the largest value at which every rung keeps its accuracy)
     ladder_cfl: Optional[PositiveFloat] = None
+    # the front verdicts' relative cost tolerance (closure/evaluation/front.py): a run at least as good
+    # on every metric whose wall time is within a factor 1 + cost_tolerance of a model's, above or
+    # below, is a cost tie (reruns on a shared 2-core machine moved costs by ~20%); 0 = plain Pareto
+    cost_tolerance: NonNegativeFloat = COST_TOLERANCE
 
     @model_validator(mode="after")
     def _steps_in_range(self) -> "RunConfig":

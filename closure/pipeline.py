@@ -387,7 +387,7 @@ def pipeline(config: Config, out_dir: Union[str, Path], config_path: Optional[Un
     report_dir = out_dir / "report"
     _say("pipeline: [4/4] evaluate -> %s", report_dir)
     with storage.output_lock(report_dir):
-        metrics = evaluate(dataset, outputs, report_dir)
+        metrics = evaluate(dataset, outputs, report_dir, cost_tolerance=config.run.cost_tolerance)
     timings["evaluate"] = _time.perf_counter() - start
     timings["total"] = _time.perf_counter() - start_all
     storage.write_json(out_dir / "timings.json", {k: round(v, 3) for k, v in timings.items()}, indent=1)

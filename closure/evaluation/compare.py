@@ -43,8 +43,10 @@ Metrics per model (definitions in `closure.evaluation.metrics`):
   torch threads, batch).
 - ladder rungs carry ``ladder`` (``resolution``, ``factor``, ``start``); every
   other run gets ``front`` (per ladder start, `closure.evaluation.front.verdict`:
-  on the front or not, the runs that dominate it, the cheapest rung at least as
-  good on each metric) and ``dominated_by`` (the union over the starts).
+  on the front or not, the runs that dominate it, the cost ties within
+  ``cost_tolerance`` and the ``standing`` they leave: on the front, cost tie,
+  dominated or blew up; the cheapest rung at least as good on each metric) and
+  ``dominated_by`` (the union over the starts).
 
 Writes ``metrics.json``, ``metrics.csv``, ``reference.json`` (the filtered
 DNS's series and spectrum), the figures and ``report.md`` (`closure.evaluation.report`).
@@ -224,8 +226,12 @@ def _check_reference(path, ds, reference, ref_ds, identity: str) -> None:
 
 
 def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], report_dir: Union[str, Path],
-             figures: bool = True) -> dict:
-    """Compare each LES run with the filtered DNS ``reference``; write the report; return the metrics."""
+             figures: bool = True, cost_tolerance: float = F.COST_TOLERANCE) -> dict:
+    """Compare each LES run with the filtered DNS ``reference``; write the report; return the metrics.
+
+    ``cost_tolerance``: relative cost differences within which the front verdicts call two
+    runs a cost tie (`closure.evaluation.front`).
+    """
     if not runs:
         raise ClosureError("evaluate: no LES files given")
     report_dir = Path(report_dir)
@@ -367,7 +373,7 @@ def evaluate(reference: Union[str, Path], runs: Sequence[Union[str, Path]], repo
         }
 
     results = spread.aggregate(results)
-    standing(results)
+    standing(results, cost_tolerance)
     report_dir.mkdir(parents=True, exist_ok=True)
     reference_info = {
         "file": str(reference),
@@ -408,7 +414,7 @@ def ladder_runs(results: dict, start: Optional[str] = None) -> dict:
     return {n: r for n, r in results.items() if "ladder" in r and (start is None or r["ladder"]["start"] == start)}
 
 
-def standing(results: dict) -> None:
+def standing(results: dict, cost_tolerance: float = 0.0) -> None:
     """Add the front verdicts to every model of ``results`` (in place; `closure.evaluation.front`).
 
     Each model (every run that is not a ladder rung) gets ``front``: for each ladder start, the
@@ -416,6 +422,7 @@ def standing(results: dict) -> None:
     ``dominated_by``: every run that dominates it against either ladder (empty: on the front).
     The models are the baselines, single runs and the seed groups' means (`closure.evaluation.spread`);
     a seed of a group is judged on its own against the ladder and the models other than its group.
+    ``cost_tolerance``: the relative cost tolerance of the verdicts' ``standing`` and ``cost_ties``.
     """
     models = {n: r for n, r in results.items() if "ladder" not in r and "seed_of" not in r}
     starts = sorted({r["ladder"]["start"] for r in ladder_runs(results).values()}, key=_start_order)
@@ -424,9 +431,9 @@ def standing(results: dict) -> None:
             continue
         rivals = models if "seed_of" not in r else {n: m for n, m in models.items() if n != r["seed_of"]}
         rivals = dict(rivals, **{name: r})
-        r["front"] = {s: F.verdict(name, rivals, ladder_runs(results, s)) for s in starts}
+        r["front"] = {s: F.verdict(name, rivals, ladder_runs(results, s), tolerance=cost_tolerance) for s in starts}
         if not starts:
-            r["front"] = {"none": F.verdict(name, rivals, {})}
+            r["front"] = {"none": F.verdict(name, rivals, {}, tolerance=cost_tolerance)}
         by = [n for v in r["front"].values() for n in v["dominated_by"]]
         r["dominated_by"] = sorted(set(by), key=lambda n: F.value(results[n], F.COST))
 

@@ -29,13 +29,14 @@ import json
 import math
 import platform
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from closure import storage
 from closure.evaluation import metrics as M
 
-__all__ = ["write_report", "FIGURES", "table", "front_table", "verdict_line", "verdict_lines", "timing_text",
+__all__ = ["write_report", "FIGURES", "table", "front_table", "standing_text", "verdict_line", "verdict_lines", "timing_text",
            "FRONT_METRICS"]
 
 FIGURES = ("spectra.png", "pdf.png", "series.png", "correlation.png", "snapshots.png")
@@ -261,27 +262,52 @@ def _rung_cell(name, results) -> str:
     return f"{name} ({_fmt(results[name].get('les_seconds_per_model_time'))} s)"
 
 
+def standing_text(v: dict) -> str:
+    """A front verdict (`closure.evaluation.front.verdict`) in words."""
+    standing = v.get("standing") or ("on the front" if v["on_front"] else "dominated")
+    if v.get("blew_up") or standing == "blew up":
+        return "not on the front (blew up)"
+    ties = v.get("cost_ties") or []
+    tolerance = v.get("cost_tolerance", 0.0)
+    tie_words = (f"a cost tie with {', '.join(ties)} (at least as good on every metric, cost within a factor "
+                 f"{1 + tolerance:g})")
+    if standing == "cost tie":
+        return "not decided: " + tie_words
+    if standing == "on the front":
+        return "on the front"
+    by = [n for n in v["dominated_by"] if n not in ties]
+    return "dominated by " + ", ".join(by[:3]) + (f" and {len(by) - 3} more" if len(by) > 3 else "")
+
+
 def verdict_line(name: str, r: dict, results: dict) -> str:
     """One line per model: where it stands on the cost-accuracy front, per ladder start."""
     parts = []
     for start, v in (r.get("front") or {}).items():
         where = f"against the {_START_WORDS[start]} ladder" if start in _START_WORDS else "(no ladder)"
-        if v.get("blew_up"):
-            text = "not on the front (blew up)"
-        elif v["on_front"]:
-            text = "on the front"
-        else:
-            by = v["dominated_by"]
-            text = "dominated by " + ", ".join(by[:3]) + (f" and {len(by) - 3} more" if len(by) > 3 else "")
-        parts.append(f"{text} {where}")
+        parts.append(f"{standing_text(v)} {where}")
     cost = _fmt(r.get("les_seconds_per_model_time"))
     line = f"{name} ({cost} s / model time): " + "; ".join(parts)
     members = [results[m] for m in r.get("members", []) if m in results]
     if members:
-        on = [sum(1 for m in members if (m.get("front") or {}).get(start, {}).get("on_front"))
-              for start in (r.get("front") or {})]
-        line += f" [{len(members)} seeds; on the front: " + " / ".join(f"{k} of {len(members)}" for k in on) + "]"
+        on = [sum(1 for m in members if _standing(m, start) == "on the front") for start in (r.get("front") or {})]
+        tied = [sum(1 for m in members if _standing(m, start) == "cost tie") for start in (r.get("front") or {})]
+        line += (f" [{len(members)} seeds; on the front: " + " / ".join(f"{k} of {len(members)}" for k in on)
+                 + (("; cost ties: " + " / ".join(f"{k} of {len(members)}" for k in tied)) if any(tied) else "") + "]")
     return line
+
+
+def _tolerance(results: dict) -> float:
+    for r in results.values():
+        for v in (r.get("front") or {}).values() if isinstance(r, dict) else ():
+            return float(v.get("cost_tolerance", 0.0))
+    return 0.0
+
+
+def _standing(row: dict, start: str) -> Optional[str]:
+    v = (row.get("front") or {}).get(start)
+    if not v:
+        return None
+    return v.get("standing") or ("on the front" if v.get("on_front") else "dominated")
 
 
 def verdict_lines(results: dict) -> list:
@@ -297,12 +323,8 @@ def front_table(results: dict) -> str:
     for name, r in _front_models(results).items():
         for start, v in (r.get("front") or {}).items():
             cells = [_rung_cell(v["as_good"].get(m), results) for m, _ in FRONT_METRICS]
-            if v.get("blew_up"):
-                verdict = "blew up: not on the front"
-            elif v["on_front"]:
-                verdict = "**on the front**"
-            else:
-                verdict = "dominated by " + ", ".join(v["dominated_by"])
+            verdict = standing_text(v)
+            verdict = "**on the front**" if verdict == "on the front" else verdict
             lines.append(f"| {name} | {_START_WORDS.get(start, start)} | {_fmt(r.get('les_seconds_per_model_time'))} | "
                          + " | ".join(cells) + f" | {verdict} |")
     return head + "\n".join(lines) + "\n"
@@ -465,7 +487,10 @@ def write_report(report_dir, results, extras, reference, edges, attrs, ndim, len
             "Filtered start: from the LES's own initial field, zero-padded (the same information the LES starts "
             "from). A model is on the front when no rung of that ladder and no other model is at most as costly "
             "and at least as good on every metric (spectrum error, PDF distance, decorrelation time, blow-ups); "
-            "each 'as good on' cell names the cheapest rung at least as good as the model on that metric.",
+            "each 'as good on' cell names the cheapest rung at least as good as the model on that metric. "
+            f"Costs are wall times, which vary between runs: a run at least as good on every metric whose cost is "
+            f"within a factor {1 + _tolerance(results):g} of the model's, above or below, is a cost tie, and the "
+            "verdict is then not decided (neither on the front nor dominated; `closure evaluate --cost-tolerance`).",
             "",
             front_table(results),
             "Verdicts:",
