@@ -9,6 +9,12 @@ An equation exposes the two parts a time stepper needs (as in jax-cfd's
   spectral grid;
 - ``explicit_hat(w_hat, t, closure)``: ``N(w) + f(t) + closure(w)``, spectral.
 
+A closure is a callable on the physical state, ``closure(w) -> c(w)``. One that also
+has ``closure_hat(equation, w_hat, nonlinear_hat)`` (the protocol `SpectralClosure`)
+gets the stage's spectral state and the equation's nonlinear term ``N(w)`` instead,
+so that its features need not repeat transforms and terms the solver has already
+computed; it returns ``to_spectral(c(w))`` (to roundoff).
+
 Any object with these three members can be integrated by the steppers of
 `solvers.integrators` (``STEPPERS[method](equation, dt)``).
 
@@ -30,7 +36,22 @@ from solvers.spectral import SpectralGrid
 
 Closure = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["SpectralEquation", "ImplicitExplicitEquation", "Closure"]
+__all__ = ["SpectralEquation", "ImplicitExplicitEquation", "Closure", "SpectralClosure"]
+
+
+@runtime_checkable
+class SpectralClosure(Protocol):
+    """A closure that takes the spectral state: ``closure_hat(equation, w_hat, nonlinear_hat)``
+    returns ``equation.grid.to_spectral(closure(equation.grid.to_physical(w_hat)))`` (to
+    roundoff), given ``nonlinear_hat = equation.nonlinear_hat(w_hat)`` (or None where the
+    caller has not computed it). It must not modify its inputs nor return a view of them."""
+
+    def __call__(self, state: torch.Tensor) -> torch.Tensor:
+        ...
+
+    def closure_hat(self, equation, state_hat: torch.Tensor,
+                    nonlinear_hat: Optional[torch.Tensor]) -> torch.Tensor:
+        ...
 
 
 @runtime_checkable
@@ -125,11 +146,16 @@ class SpectralEquation:
         """``N(w) + f(t) + closure(w)`` in spectral space (the explicitly treated part)."""
         out = self.nonlinear_hat(state_hat)
         owned = self._owns_nonlinear
+        shared = None
+        if closure is not None and hasattr(closure, "closure_hat"):  # before `out` is added to in place
+            shared = closure.closure_hat(self, state_hat, out)
         f = self.forcing_hat(t)
         if f is not None:
             out, owned = _accumulate(out, f, owned), True
         if isinstance(closure, HeldTendency):  # the closure held over a step (closure_per_stage=False)
             out = _accumulate(out, closure.value_hat, owned)
+        elif shared is not None:
+            out = _accumulate(out, shared, owned)
         elif closure is not None:
             state = self.grid.to_physical(state_hat)
             out = _accumulate(out, self.grid.to_spectral(closure(state)), owned)

@@ -452,6 +452,8 @@ def step_closure(equation, closure, w_hat: torch.Tensor, per_stage: bool):
     """What a step passes to its stages: the closure itself, or its `HeldTendency` at ``w_hat``."""
     if per_stage or closure is None:
         return closure
+    if hasattr(closure, "closure_hat"):  # `solvers.equation.SpectralClosure`
+        return HeldTendency(closure.closure_hat(equation, w_hat, None))
     grid = equation.grid
     return HeldTendency(grid.to_spectral(closure(grid.to_physical(w_hat))))
 

@@ -245,14 +245,13 @@ class ConvClosure(FieldClosure):
         y = self.net(x)
         return y if self.ndim == 3 else y.squeeze(1)  # 3D: the three SGS components
 
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """SGS tendency of a raw state; without autograd recording through `FoldedCNN`
-        (rebuilt when a parameter or statistic changes), unless ``predict`` was replaced
-        (`closure.les.coupled.compile_closure`)."""
+    def tendency(self, x: torch.Tensor) -> torch.Tensor:
+        """SGS tendency from the raw input channels; without autograd recording through
+        `FoldedCNN` (rebuilt when a parameter or statistic changes), unless ``predict`` was
+        replaced (`closure.les.coupled.compile_closure`)."""
         if torch.is_grad_enabled() or "predict" in vars(self):
-            return super().forward(state)
-        self._check_state(state)
-        y = self.folded()(self.channels(state))
+            return super().tendency(x)
+        y = self.folded()(x)
         return y if self.ndim == 3 else y.squeeze(1)
 
     def fold(self) -> FoldedCNN:

@@ -69,12 +69,15 @@ def _low_mode_blocks(h: int, ndim: int) -> list[tuple]:
     return [(Ellipsis,) + b for b in blocks]
 
 
-def dealias_residual(f: torch.Tensor, ndim: int, length: float, f_hat: torch.Tensor | None = None) -> torch.Tensor:
+def dealias_residual(f: torch.Tensor, ndim: int, length: float, f_hat: torch.Tensor | None = None,
+                     nonlinear_hat: torch.Tensor | None = None) -> torch.Tensor:
     """``N(f) - N_les(f)`` of a physical field (module docstring): ``(batch, n)``, ``(batch, n, n)``
     or the velocity ``(batch, 3, n, n, n)`` (then the projected ``P(u x omega)`` of `solvers.NavierStokes3D`).
 
     ``N(f)`` is computed on the `exact_grid` (zero-padded spectrum, products there,
-    restricted back to |m| < n/2). ``f_hat``: the field's rfft if the caller has it.
+    restricted back to |m| < n/2). ``f_hat``: the field's rfft if the caller has it;
+    ``nonlinear_hat``: ``N_les(f)`` (the LES solver's `nonlinear_hat` of ``f_hat`` on
+    this grid and length) if the caller has it.
     """
     n = f.shape[-1]
     m = exact_grid(n)
@@ -93,7 +96,9 @@ def dealias_residual(f: torch.Tensor, ndim: int, length: float, f_hat: torch.Ten
     full = torch.zeros_like(f_hat)
     for index in blocks:
         full[index] = nl[index] / scale
-    return les.grid.to_physical(full - les.nonlinear_hat(f_hat))
+    if nonlinear_hat is None:
+        nonlinear_hat = les.nonlinear_hat(f_hat)
+    return les.grid.to_physical(full - nonlinear_hat)
 
 
 STD_FLOOR = 1e-12
@@ -164,11 +169,14 @@ def _gradient_operators(ny: int, nx: int, length: float, like: torch.Tensor) -> 
     return _GRADIENT_OPERATORS[key]
 
 
-def _spectral_2d(f: torch.Tensor, length: float, features: Sequence[str]) -> list[torch.Tensor]:
+def _spectral_2d(f: torch.Tensor, length: float, features: Sequence[str], f_hat: torch.Tensor | None = None,
+                 nonlinear_hat: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The derived channels of a 2D field ``f``; ``f_hat`` (its unnormalised rfft2) and
+    ``nonlinear_hat`` (the LES's `nonlinear_hat` of it) where the caller has them."""
     ny, nx = f.shape[-2:]
     kx = _wavenumbers(nx, length, f, real=True)[None, :]
     ky = _wavenumbers(ny, length, f, real=False)[:, None]
-    f_hat = torch.fft.rfft2(f, dim=(-2, -1))
+    f_hat = torch.fft.rfft2(f, dim=(-2, -1)) if f_hat is None else f_hat
 
     def back(factor):
         return torch.fft.irfft2(factor * f_hat, s=(ny, nx), dim=(-2, -1))
@@ -181,7 +189,7 @@ def _spectral_2d(f: torch.Tensor, length: float, features: Sequence[str]) -> lis
         elif name == "laplacian":
             out.append(back(-(kx**2 + ky**2)))
         elif name == "dealias_residual":
-            out.append(dealias_residual(f, 2, length, f_hat))
+            out.append(dealias_residual(f, 2, length, f_hat, nonlinear_hat))
         else:
             k2 = kx**2 + ky**2
             inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
@@ -206,13 +214,17 @@ def _spectral_3d(u: torch.Tensor, length: float, features: Sequence[str]) -> lis
     return out
 
 
-def feature_channels(state: torch.Tensor, ndim: int, features: Sequence[str], length: float) -> torch.Tensor:
-    """Stack [field, derived features...] as channels: (batch, C, *grid)."""
+def feature_channels(state: torch.Tensor, ndim: int, features: Sequence[str], length: float,
+                     state_hat: torch.Tensor | None = None, nonlinear_hat: torch.Tensor | None = None) -> torch.Tensor:
+    """Stack [field, derived features...] as channels: (batch, C, *grid). In 2D ``state_hat``
+    (the state's unnormalised rfft2) and ``nonlinear_hat`` (`dealias_residual`) spare their
+    computation where the caller has them."""
     if ndim == 3:
         return torch.cat([state] + _spectral_3d(state, length, features), dim=1)
     if not features:
         return state.unsqueeze(1)
-    derived = _spectral_1d(state, length, features) if ndim == 1 else _spectral_2d(state, length, features)
+    derived = (_spectral_1d(state, length, features) if ndim == 1
+               else _spectral_2d(state, length, features, state_hat, nonlinear_hat))
     return torch.stack([state] + derived, dim=1)
 
 
@@ -274,9 +286,10 @@ class FieldClosure(nn.Module):
         """Output channels: 1 for a scalar field, 3 for the 3D velocity's SGS term."""
         return FIELD_CHANNELS[self.ndim]
 
-    def channels(self, state: torch.Tensor) -> torch.Tensor:
-        """Raw physical input channels (batch, C, *grid)."""
-        return feature_channels(state, self.ndim, self.features, self.length)
+    def channels(self, state: torch.Tensor, state_hat: torch.Tensor | None = None,
+                 nonlinear_hat: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw physical input channels (batch, C, *grid) (`feature_channels`)."""
+        return feature_channels(state, self.ndim, self.features, self.length, state_hat, nonlinear_hat)
 
     def _check_state(self, state: torch.Tensor, what: str = "state") -> None:
         if self.ndim == 3 and (state.dim() != 5 or state.shape[1] != 3):
@@ -299,14 +312,39 @@ class FieldClosure(nn.Module):
         self.output_std.fill_(y.std().clamp_min(STD_FLOOR))
 
     def normalize_input(self, state: torch.Tensor) -> torch.Tensor:
+        return self.normalize_channels(self.channels(state))
+
+    def normalize_channels(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * self.ndim
-        return (self.channels(state) - self.input_mean.view(shape)) / self.input_std.view(shape)
+        return (x - self.input_mean.view(shape)) / self.input_std.view(shape)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         """SGS tendency (physical units) for a raw state (batch, n) or (batch, ny, nx)."""
         self._check_state(state)
-        y = self.predict(self.normalize_input(state))
+        return self.tendency(self.channels(state))
+
+    def tendency(self, x: torch.Tensor) -> torch.Tensor:
+        """SGS tendency (physical units) from the raw input channels (batch, C, *grid)."""
+        y = self.predict(self.normalize_channels(x))
         return y * self.output_std + self.output_mean
+
+    def closure_hat(self, equation, state_hat: torch.Tensor, nonlinear_hat: torch.Tensor | None) -> torch.Tensor:
+        """The tendency in the solver's spectral space from its spectral state (the protocol
+        `solvers.equation.SpectralClosure`): ``to_spectral(self(to_physical(state_hat)))``. In 2D
+        the features take the state's spectrum from ``state_hat`` (the solver's unnormalised
+        rfft, the features' convention) instead of transforming the field again, and
+        `dealias_residual` takes ``N_les`` from ``nonlinear_hat`` when it is the
+        `solvers.NavierStokes2D` term on this closure's grid and length."""
+        grid = equation.grid
+        state = grid.to_physical(state_hat)
+        if self.ndim != 2 or grid.ndim != 2:
+            return grid.to_spectral(self(state))
+        self._check_state(state)
+        if not (isinstance(equation, solvers.NavierStokes2D)
+                and type(equation).nonlinear_hat is solvers.NavierStokes2D.nonlinear_hat
+                and float(grid.length) == self.length and state_hat.dtype == grid.complex_dtype):
+            nonlinear_hat = None
+        return grid.to_spectral(self.tendency(self.channels(state, state_hat, nonlinear_hat)))
 
     def _architecture(self, hidden: list, net_kwargs: dict) -> dict:
         """The saved description shared by the stencil and convolutional closures."""

@@ -203,14 +203,13 @@ class StencilClosure(FieldClosure):
         """Normalized channels (batch, C, *grid) -> normalized SGS (batch, *grid)."""
         return self.net(stencil_patches(x, self.stencil)).squeeze(-1)
 
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """SGS tendency of a raw state; without autograd recording through `FoldedMLP`
-        (rebuilt when a parameter or statistic changes), unless ``predict`` was replaced
-        (`closure.les.coupled.compile_closure`)."""
+    def tendency(self, x: torch.Tensor) -> torch.Tensor:
+        """SGS tendency from the raw input channels; without autograd recording through
+        `FoldedMLP` (rebuilt when a parameter or statistic changes), unless ``predict`` was
+        replaced (`closure.les.coupled.compile_closure`)."""
         if torch.is_grad_enabled() or "predict" in vars(self):
-            return super().forward(state)
-        self._check_state(state)
-        return self.folded()(self.channels(state))
+            return super().tendency(x)
+        return self.folded()(x)
 
     def fold(self) -> FoldedMLP:
         return FoldedMLP(self)
