@@ -318,10 +318,13 @@ class FieldClosure(nn.Module):
         shape = (1, -1) + (1,) * self.ndim
         return (x - self.input_mean.view(shape)) / self.input_std.view(shape)
 
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """SGS tendency (physical units) for a raw state (batch, n) or (batch, ny, nx)."""
+    def forward(self, state: torch.Tensor, state_hat: torch.Tensor | None = None,
+                nonlinear_hat: torch.Tensor | None = None) -> torch.Tensor:
+        """SGS tendency (physical units) for a raw state (batch, n) or (batch, ny, nx); in 2D
+        ``state_hat`` (its unnormalised rfft2) and ``nonlinear_hat`` where the caller has them
+        (`channels`, `closure_hat`)."""
         self._check_state(state)
-        return self.tendency(self.channels(state))
+        return self.tendency(self.channels(state, state_hat, nonlinear_hat))
 
     def tendency(self, x: torch.Tensor) -> torch.Tensor:
         """SGS tendency (physical units) from the raw input channels (batch, C, *grid)."""
@@ -339,12 +342,11 @@ class FieldClosure(nn.Module):
         state = grid.to_physical(state_hat)
         if self.ndim != 2 or grid.ndim != 2:
             return grid.to_spectral(self(state))
-        self._check_state(state)
         if not (isinstance(equation, solvers.NavierStokes2D)
                 and type(equation).nonlinear_hat is solvers.NavierStokes2D.nonlinear_hat
                 and float(grid.length) == self.length and state_hat.dtype == grid.complex_dtype):
             nonlinear_hat = None
-        return grid.to_spectral(self.tendency(self.channels(state, state_hat, nonlinear_hat)))
+        return grid.to_spectral(self(state, state_hat, nonlinear_hat))
 
     def _architecture(self, hidden: list, net_kwargs: dict) -> dict:
         """The saved description shared by the stencil and convolutional closures."""
