@@ -216,16 +216,18 @@ def test_closure_per_stage_option_reaches_the_solver(tiny_config, tiny_dataset, 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("features", [["gradient"], ["dealias_residual", "gradient"]])
 @pytest.mark.parametrize("per_stage", [True, False])
-def test_cuda_graph_replays_a_learned_closure_like_the_eager_loop(per_stage, monkeypatch):
-    """The learned closure is captured with the step: same trajectory as the eager loop, no fallback."""
+def test_cuda_graph_replays_a_learned_closure_like_the_eager_loop(per_stage, features, monkeypatch):
+    """The learned closure is captured with the step (with the solver's spectra, `closure_hat`): same
+    trajectory as the eager loop, no fallback."""
     import warnings
 
     from closure.nn import ConvClosure
 
     torch.manual_seed(0)
     eq = solvers.NavierStokes2D(32, viscosity=1e-2, dtype=torch.float64, device="cuda")
-    model = ConvClosure(2, stencil=3, hidden=[8, 8], features=["gradient"]).to("cuda", torch.float64).eval()
+    model = ConvClosure(2, stencil=3, hidden=[8, 8], features=features).to("cuda", torch.float64).eval()
     for p in model.parameters():
         p.data.mul_(50.0)  # a closure large enough to change the trajectory
     w0 = solvers.random_vorticity(eq.grid, seeds=[1, 2]).to("cuda", torch.float64)
