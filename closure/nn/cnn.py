@@ -194,12 +194,8 @@ class FoldedCNN(FoldedNet):
                 w = w * alpha.view(shape)
                 k = 2.0 if tanh else 1.0
                 self.layers.append(((k * w).to(dtype), (k * bias).to(dtype)))
-                alpha = torch.full_like(bias, 2.0 if tanh else 1.0)
-                beta = torch.full_like(bias, -1.0 if tanh else 0.0)
-            readout = net.C.double() * net.output_scale
-            out_bias = readout @ beta + (net.bC.double() if net.bC is not None else 0.0)
-            std, mean = closure.output_std.double(), closure.output_mean.double()
-            self.readout = ((readout * alpha * std).to(dtype), (out_bias * std + mean).to(dtype))
+                alpha, beta = self.next_affine(bias, tanh)
+            self.fold_readout(net, closure, alpha, beta, dtype)
         self.ndim = net.ndim
         self.activation = torch.sigmoid_ if tanh or net.activation == "sigmoid" else net.sigma
         self.native = max(w.shape[0] * w.shape[1] for w, _ in self.layers) <= NATIVE_CONV_MAX_CHANNELS

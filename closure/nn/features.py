@@ -239,6 +239,20 @@ class FoldedNet:
     def tensors(self) -> list[torch.Tensor]:
         return [t for layer in (*self.layers, self.readout) for t in layer]
 
+    @staticmethod
+    def next_affine(bias: torch.Tensor, tanh: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha, beta)`` of the activation's output as ``alpha s + beta``, ``s`` the sigmoid
+        computed in its place: tanh(x) = 2 sigmoid(2x) - 1 (the 2 inside goes into the layer)."""
+        return (torch.full_like(bias, 2.0 if tanh else 1.0), torch.full_like(bias, -1.0 if tanh else 0.0))
+
+    def fold_readout(self, net, closure, alpha: torch.Tensor, beta: torch.Tensor, dtype: torch.dtype) -> None:
+        """``readout``: the network's output layer on ``alpha s + beta`` with its output scale and the
+        closure's stored output normalization (std, mean) folded in."""
+        readout = net.C.double() * net.output_scale
+        out_bias = readout @ beta + (net.bC.double() if net.bC is not None else 0.0)
+        std, mean = closure.output_std.double(), closure.output_mean.double()
+        self.readout = ((readout * alpha * std).to(dtype), (out_bias * std + mean).to(dtype))
+
     def update(self, other: "FoldedNet") -> bool:
         """Copy ``other``'s values into these tensors (in place) if they match in shape, dtype
         and device; returns whether it did."""
