@@ -31,7 +31,7 @@ from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 import torch
 
 from solvers.forcing import Forcing
-from solvers.integrators import HeldTendency, make_stepper, simulate
+from solvers.integrators import closure_tendency_hat, make_stepper, simulate
 from solvers.spectral import SpectralGrid
 
 Closure = Callable[[torch.Tensor], torch.Tensor]
@@ -146,19 +146,13 @@ class SpectralEquation:
         """``N(w) + f(t) + closure(w)`` in spectral space (the explicitly treated part)."""
         out = self.nonlinear_hat(state_hat)
         owned = self._owns_nonlinear
-        shared = None
-        if closure is not None and hasattr(closure, "closure_hat"):  # before `out` is added to in place
-            shared = closure.closure_hat(self, state_hat, out)
+        # the closure's term before `out` is added to in place (a spectral closure reads N(w))
+        term = None if closure is None else closure_tendency_hat(self, closure, state_hat, out)
         f = self.forcing_hat(t)
         if f is not None:
             out, owned = _accumulate(out, f, owned), True
-        if isinstance(closure, HeldTendency):  # the closure held over a step (closure_per_stage=False)
-            out = _accumulate(out, closure.value_hat, owned)
-        elif shared is not None:
-            out = _accumulate(out, shared, owned)
-        elif closure is not None:
-            state = self.grid.to_physical(state_hat)
-            out = _accumulate(out, self.grid.to_spectral(closure(state)), owned)
+        if term is not None:
+            out = _accumulate(out, term, owned)
         return out
 
     def linear_hat(self, state_hat: torch.Tensor) -> torch.Tensor:

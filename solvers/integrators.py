@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from solvers.timestep import CFL
 
 __all__ = ["ETDRK4", "CrankNicolsonRK4", "BlowUpError", "STEPPERS", "make_stepper", "simulate",
-           "simulate_checkpointed", "etdrk4_coefficients", "HeldTendency"]
+           "simulate_checkpointed", "etdrk4_coefficients", "HeldTendency", "closure_tendency_hat"]
 
 
 class BlowUpError(RuntimeError):
@@ -448,14 +448,24 @@ class HeldTendency:
         self.value_hat = value_hat
 
 
+def closure_tendency_hat(equation, closure, w_hat: torch.Tensor,
+                         nonlinear_hat: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The closure's tendency ``c(w)`` in spectral space: a `HeldTendency`'s value, a
+    `solvers.equation.SpectralClosure`'s ``closure_hat`` (given ``N(w)`` where the caller has
+    it), or ``to_spectral(closure(to_physical(w_hat)))``."""
+    if isinstance(closure, HeldTendency):
+        return closure.value_hat
+    if hasattr(closure, "closure_hat"):
+        return closure.closure_hat(equation, w_hat, nonlinear_hat)
+    grid = equation.grid
+    return grid.to_spectral(closure(grid.to_physical(w_hat)))
+
+
 def step_closure(equation, closure, w_hat: torch.Tensor, per_stage: bool):
     """What a step passes to its stages: the closure itself, or its `HeldTendency` at ``w_hat``."""
     if per_stage or closure is None:
         return closure
-    if hasattr(closure, "closure_hat"):  # `solvers.equation.SpectralClosure`
-        return HeldTendency(closure.closure_hat(equation, w_hat, None))
-    grid = equation.grid
-    return HeldTendency(grid.to_spectral(closure(grid.to_physical(w_hat))))
+    return HeldTendency(closure_tendency_hat(equation, closure, w_hat))
 
 
 def simulate(equation, state: torch.Tensor, dt, steps: Optional[int] = None, closure=None,

@@ -33,6 +33,7 @@ import torch
 
 from solvers.equation import SpectralEquation
 from solvers.forcing import solenoidal_projection
+from solvers.integrators import closure_tendency_hat
 
 __all__ = ["NavierStokes3D"]
 
@@ -105,8 +106,7 @@ class NavierStokes3D(SpectralEquation):
         divergence-free fields (the pressure takes up its gradient part)."""
         out = super().explicit_hat(state_hat, t, None)
         if closure is not None:
-            g = self.grid
-            out = out + solenoidal_projection(g.to_spectral(closure(g.to_physical(state_hat))), g)
+            out = out + solenoidal_projection(closure_tendency_hat(self, closure, state_hat), self.grid)
         return out
 
     def tendency(self, state: torch.Tensor, closure=None, t: float = 0.0) -> torch.Tensor:

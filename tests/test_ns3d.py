@@ -221,3 +221,21 @@ def test_closure_tendency_is_projected():
     assert torch.allclose(eq.tendency(u0, closure=lambda s: grad.expand_as(s)), eq.tendency(u0), atol=1e-12)
     out = eq.simulate(u0, dt=0.05, steps=4, closure=lambda s: s ** 2)
     assert eq.divergence(out).abs().max() < 1e-12 and (out - plain).abs().max() > 1e-3
+
+
+def test_a_closure_held_over_the_step_is_projected_and_a_constant_is_unchanged():
+    """closure_per_stage=False in 3D: the held tendency is projected at every stage like a
+    per-stage closure's, so a state-independent closure gives the same run either way."""
+    eq = ns3d(12)
+    u0 = smooth_velocity(eq, seeds=(0, 1))
+    force = 0.2 * torch.randn(u0.shape[1:], dtype=F64, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def constant(u):  # not divergence-free: the projection matters
+        calls.append(1)
+        return force.expand_as(u)
+
+    held = eq.simulate(u0, dt=0.01, steps=3, closure=constant, closure_per_stage=False)
+    assert len(calls) == 3
+    staged = eq.simulate(u0, dt=0.01, steps=3, closure=constant)
+    torch.testing.assert_close(held, staged, rtol=1e-12, atol=1e-12)

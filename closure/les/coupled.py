@@ -266,7 +266,7 @@ def integrate(equation, closure, initial: torch.Tensor, dt, save_every: Optional
     unused; the batch shares its steps, set by its fastest flow); the steps taken in each
     interval are in ``LESResult.interval_steps``. ``closure_per_stage=False`` evaluates
     the closure once per step, held over the integrator's stages
-    (`solvers.equation.HeldTendency`). Returns numpy arrays (NaN after a member's
+    (`solvers.integrators.HeldTendency`). Returns numpy arrays (NaN after a member's
     blow-up) and the wall time of the stepping.
     """
     closure = NoClosure() if closure is None else closure
