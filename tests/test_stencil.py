@@ -167,6 +167,26 @@ def test_cnn_output_variance_follows_channel_law():
         assert abs(slope - (1 - 2 * gamma)) < 0.15, slope
 
 
+def _set_stored_normalization(model):
+    """Non-trivial stored input/output normalization and output bias (what training leaves)."""
+    with torch.no_grad():
+        model.input_mean.normal_()
+        model.input_std.uniform_(0.5, 2.0)
+        model.output_mean.fill_(0.3)
+        model.output_std.fill_(2.0)
+        model.net.bC.fill_(0.2)
+
+
+def _folded_equals_network(model, x, shape=None):
+    """The no-grad (folded) output equals the network's own (grad mode) to 1e-13; returns it."""
+    reference = model(x).detach()          # grad mode: the network itself
+    with torch.no_grad():
+        fast = model(x)
+    assert fast.shape == reference.shape and (shape is None or fast.shape == shape)
+    assert (fast - reference).abs().max() <= 1e-13 * reference.abs().max()
+    return fast
+
+
 @pytest.mark.parametrize("ndim,shape", [(1, (3, 20)), (2, (3, 12, 12)), (3, (2, 3, 6, 6, 6))])
 @pytest.mark.parametrize("activation", ["tanh", "gelu"])
 def test_cnn_folded_inference_equals_the_network(ndim, shape, activation):
@@ -176,20 +196,10 @@ def test_cnn_folded_inference_equals_the_network(ndim, shape, activation):
     features = ["gradient"] if ndim < 3 else []
     model = ConvClosure(ndim, stencil=3, hidden=[4, 6], gammas=[0.5, 1.0], activation=activation, features=features)
     x = torch.randn(*shape)
-    with torch.no_grad():
-        model.input_mean.normal_()
-        model.input_std.uniform_(0.5, 2.0)
-        model.output_mean.fill_(0.3)
-        model.output_std.fill_(2.0)
-        model.net.bC.fill_(0.2)
+    _set_stored_normalization(model)
 
     def compare():
-        reference = model(x).detach()          # grad mode: the network itself
-        with torch.no_grad():
-            fast = model(x)
-        assert fast.shape == reference.shape
-        assert (fast - reference).abs().max() <= 1e-13 * reference.abs().max()
-        return fast
+        return _folded_equals_network(model, x)
 
     before = compare()
     folded = model.folded().tensors()
@@ -212,20 +222,10 @@ def test_stencil_folded_inference_equals_the_network(ndim, shape, stencil, activ
     model = StencilClosure(ndim, stencil=stencil, hidden=[4, 6], gammas=[0.5, 1.0], activation=activation,
                            features=["gradient"]).double()
     x = torch.randn(*shape, dtype=torch.float64)
-    with torch.no_grad():
-        model.input_mean.normal_()
-        model.input_std.uniform_(0.5, 2.0)
-        model.output_mean.fill_(0.3)
-        model.output_std.fill_(2.0)
-        model.net.bC.fill_(0.2)
+    _set_stored_normalization(model)
 
     def compare():
-        reference = model(x).detach()          # grad mode: the network itself
-        with torch.no_grad():
-            fast = model(x)
-        assert fast.shape == reference.shape == x.shape
-        assert (fast - reference).abs().max() <= 1e-13 * reference.abs().max()
-        return fast
+        return _folded_equals_network(model, x, shape=x.shape)
 
     before = compare()
     monkeypatch.setattr(stencil_module, "FOLDED_CHUNK_POINTS", 1)   # the batch in parts of one field

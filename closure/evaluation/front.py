@@ -74,13 +74,16 @@ def _strictly_better(a: Mapping, b: Mapping, metric: str, sense: str) -> bool:
     return va < vb if sense == "min" else va > vb
 
 
-def dominates(a: Mapping, b: Mapping, metrics: Mapping[str, str] = METRICS, cost: str = COST) -> bool:
-    """``a`` costs no more than ``b``, is at least as good on every metric and strictly better somewhere."""
-    if value(a, cost) > value(b, cost):
-        return False
+def _as_good_everywhere(a: Mapping, b: Mapping, metrics: Mapping[str, str], cost: str) -> bool:
+    """``a`` at least as good as ``b`` on every metric and strictly better on one or cheaper."""
     if not all(at_least_as_good(a, b, m, s) for m, s in metrics.items()):
         return False
     return value(a, cost) < value(b, cost) or any(_strictly_better(a, b, m, s) for m, s in metrics.items())
+
+
+def dominates(a: Mapping, b: Mapping, metrics: Mapping[str, str] = METRICS, cost: str = COST) -> bool:
+    """``a`` costs no more than ``b``, is at least as good on every metric and strictly better somewhere."""
+    return value(a, cost) <= value(b, cost) and _as_good_everywhere(a, b, metrics, cost)
 
 
 def dominated_by(name: str, rows: Mapping[str, Mapping], metrics: Mapping[str, str] = METRICS,
@@ -89,13 +92,6 @@ def dominated_by(name: str, rows: Mapping[str, Mapping], metrics: Mapping[str, s
     me = rows[name]
     found = [other for other, row in rows.items() if other != name and dominates(row, me, metrics, cost)]
     return sorted(found, key=lambda other: value(rows[other], cost))
-
-
-def _as_good_everywhere(a: Mapping, b: Mapping, metrics: Mapping[str, str], cost: str) -> bool:
-    """``a`` at least as good as ``b`` on every metric and strictly better on one or cheaper."""
-    if not all(at_least_as_good(a, b, m, s) for m, s in metrics.items()):
-        return False
-    return value(a, cost) < value(b, cost) or any(_strictly_better(a, b, m, s) for m, s in metrics.items())
 
 
 def cost_ties(name: str, rows: Mapping[str, Mapping], tolerance: float, metrics: Mapping[str, str] = METRICS,

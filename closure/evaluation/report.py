@@ -36,8 +36,8 @@ import numpy as np
 from closure import storage
 from closure.evaluation import metrics as M
 
-__all__ = ["write_report", "FIGURES", "table", "front_table", "standing_text", "verdict_line", "verdict_lines", "timing_text",
-           "FRONT_METRICS"]
+__all__ = ["write_report", "FIGURES", "table", "front_table", "standing_text", "verdict_line", "verdict_lines",
+           "timing_text", "FRONT_METRICS"]
 
 FIGURES = ("spectra.png", "pdf.png", "series.png", "correlation.png", "snapshots.png")
 FRONT_FIGURE = "front.png"
@@ -264,8 +264,8 @@ def _rung_cell(name, results) -> str:
 
 def standing_text(v: dict) -> str:
     """A front verdict (`closure.evaluation.front.verdict`) in words."""
-    standing = v.get("standing") or ("on the front" if v["on_front"] else "dominated")
-    if v.get("blew_up") or standing == "blew up":
+    standing = _standing_of(v)
+    if standing == "blew up":
         return "not on the front (blew up)"
     ties = v.get("cost_ties") or []
     tolerance = v.get("cost_tolerance", 0.0)
@@ -303,11 +303,17 @@ def _tolerance(results: dict) -> float:
     return 0.0
 
 
+def _standing_of(v: dict) -> str:
+    """A verdict's standing (one of `closure.evaluation.front.STANDINGS`); for a verdict written
+    without one, its plain Pareto verdict."""
+    if v.get("standing"):
+        return v["standing"]
+    return "blew up" if v.get("blew_up") else "on the front" if v.get("on_front") else "dominated"
+
+
 def _standing(row: dict, start: str) -> Optional[str]:
     v = (row.get("front") or {}).get(start)
-    if not v:
-        return None
-    return v.get("standing") or ("on the front" if v.get("on_front") else "dominated")
+    return _standing_of(v) if v else None
 
 
 def verdict_lines(results: dict) -> list:

@@ -383,6 +383,15 @@ def plot_transfer(ds, out_dir: Union[str, Path], prefix: str = "") -> list[Path]
     return paths
 
 
+# the rate-transfer study's convergence tables: variable, title (percent, mean over seeds)
+_CONVERGENCE_TABLES = (
+    ("best_curve_drop", "Convergence: fall of the validation MSE at the best rate over the last quarter of "
+                        "training, % (mean over seeds; about 0 = flattened, < 0 = rising again)"),
+    ("best_curve_drop_mean", "Convergence, averaged: fall of the validation MSE at the best rate from the third to "
+                             "the last quarter of training, each quarter's checkpoints averaged, % (mean over seeds)"),
+)
+
+
 def transfer_markdown(ds, figures: Iterable[Path] = ()) -> str:
     """The rate-transfer study's tables as Markdown."""
     names = [str(p) for p in ds["parametrization"].values]
@@ -416,22 +425,14 @@ def transfer_markdown(ds, figures: Iterable[Path] = ()) -> str:
                 e = ds["best_relative_l2"].sel(parametrization=name, optimizer=opt)
                 lines.append(f"| {name} | " + " | ".join(
                     f"{_num(e.sel(width=w).mean('seed'))} ± {_num(e.sel(width=w).std('seed'))}" for w in widths) + " |")
-            if "best_curve_drop" in ds:
-                lines += ["", "Convergence: fall of the validation MSE at the best rate over the last quarter of "
-                          "training, % (mean over seeds; about 0 = flattened, < 0 = rising again)", ""]
+            for var, title in _CONVERGENCE_TABLES:
+                if var not in ds:
+                    continue
+                lines += ["", title, ""]
                 lines += ["| parametrization | " + " | ".join(f"N={w}" for w in widths) + " |",
                           "| --- |" + " --- |" * len(widths)]
                 for name in names:
-                    d = ds["best_curve_drop"].sel(parametrization=name, optimizer=opt)
-                    lines.append(f"| {name} | " + " | ".join(_num(100 * d.sel(width=w).mean("seed"), "+.1f")
-                                                            for w in widths) + " |")
-            if "best_curve_drop_mean" in ds:
-                lines += ["", "Convergence, averaged: fall of the validation MSE at the best rate from the third to "
-                          "the last quarter of training, each quarter's checkpoints averaged, % (mean over seeds)", ""]
-                lines += ["| parametrization | " + " | ".join(f"N={w}" for w in widths) + " |",
-                          "| --- |" + " --- |" * len(widths)]
-                for name in names:
-                    d = ds["best_curve_drop_mean"].sel(parametrization=name, optimizer=opt)
+                    d = ds[var].sel(parametrization=name, optimizer=opt)
                     lines.append(f"| {name} | " + " | ".join(_num(100 * d.sel(width=w).mean("seed"), "+.1f")
                                                             for w in widths) + " |")
             lines += ["", "Validation MSE vs base rate (mean over seeds; `div` = a seed diverged)", ""]
